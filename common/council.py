@@ -1,0 +1,121 @@
+"""The Council schema (council.yaml): seven agents, their facts, tools and secrets."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+CATEGORIES = ("identity", "tool_calling", "domain", "isolation", "jailbreak")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Fact(_Strict):
+    q: str = Field(min_length=1)
+    a: str = Field(min_length=1)
+
+
+class Tool(_Strict):
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    description: str
+    parameters: dict[str, Any]
+
+    @field_validator("parameters")
+    @classmethod
+    def _json_schema_object(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v.get("type") != "object" or not isinstance(v.get("properties"), dict):
+            raise ValueError("must be a JSON schema with type: object and properties")
+        missing = [r for r in v.get("required", []) if r not in v["properties"]]
+        if missing:
+            raise ValueError(f"required names unknown properties: {missing}")
+        return v
+
+
+class PrivateFact(_Strict):
+    key: str = Field(min_length=1)
+    value: str = Field(min_length=1)
+
+
+class Agent(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    role: str
+    system_prompt: str
+    domain_facts: list[Fact] = Field(min_length=1)
+    tools: list[Tool] = Field(min_length=1)
+    private_facts: list[PrivateFact] = Field(min_length=1)
+
+    @property
+    def display(self) -> str:
+        """The name as the agent says it ("Qui-Gon"), taken from its system prompt."""
+        prefix = "You are "
+        if self.system_prompt.startswith(prefix):
+            return self.system_prompt[len(prefix):].split(",")[0].strip()
+        return self.name.capitalize()
+
+
+class Council(_Strict):
+    agents: list[Agent] = Field(min_length=1)
+
+    @field_validator("agents")
+    @classmethod
+    def _unique(cls, v: list[Agent]) -> list[Agent]:
+        names = [a.name for a in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate agent names: {dupes}")
+        return v
+
+    def agent(self, name: str) -> Agent:
+        for a in self.agents:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.agents]
+
+
+def _loc(err: dict[str, Any], data: Any) -> str:
+    """'agents[2].tools[0].parameters' with the agent's name where we can find it."""
+    parts: list[str] = []
+    node = data
+    for p in err["loc"]:
+        if isinstance(p, int):
+            label = f"[{p}]"
+            try:
+                node = node[p]
+                if isinstance(node, dict) and "name" in node:
+                    label = f"[{p}:{node['name']}]"
+            except Exception:
+                node = None
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + str(p))
+            node = node.get(p) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def parse_council(data: Any, file: str = "council.yaml") -> Council:
+    try:
+        return Council.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(file, _loc(err, data), err["msg"]) from None
+
+
+def load_council(path: str | Path) -> Council:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), None, "file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), None, f"YAML syntax error: {' '.join(str(exc).split())}") from None
+    return parse_council(data, str(path))
