@@ -1,0 +1,164 @@
+"""The Optuna objective: the only place where a trial meets training and evaluation.
+
+One trial = suggest params → prepare data for its mix ratio → (serving paused) train
+with pruning → evaluate across the Council → gate → hand the verdict to the night
+(which promotes, exports and writes the vault). The night passes everything it owns in
+a TrialContext, so this module needs nothing of study/ but the gate.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import optuna
+
+import train_core
+from evaluation import EvalConfig, run_eval, write_eval_results
+from study.gate import GateConfig, Verdict, judge
+
+
+@dataclass
+class TrialContext:
+    mode: str
+    model_dir: Path
+    model_name: str
+    suggest: Callable[[optuna.Trial], dict[str, Any]]
+    prepare_data: Callable[[float], Any]          # DATA_MIX_RATIO → corpus.PreparedData
+    experimental_root: Path
+    council_path: Path
+    budget_s: Callable[[], float]                 # training budget left for this trial
+    baseline: Callable[[], dict | None]           # the baseline eval, read fresh at decision time
+    on_verdict: Callable[[optuna.Trial, Verdict, dict, Path], str]  # promotes; returns the result
+    gate: GateConfig = field(default_factory=GateConfig)
+    train_defaults: dict[str, Any] = field(default_factory=dict)
+    iters_scale: float = 1.0
+    eval_max_tokens: int = 32
+    eval_seed: int = 0
+    prune: bool = True
+    pause_serving: Callable[[], ContextManager] = contextlib.nullcontext
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+class TrialFailed(Exception):
+    """A trial that ended without a score; its reason is in the `result` user attr."""
+
+
+class PruneOnValLoss(train_core.TrainCallback):
+    """Reports -val_loss (the study maximises) at train_core's fixed steps."""
+
+    def __init__(self, trial: optuna.Trial, enabled: bool):
+        self.trial, self.enabled = trial, enabled
+
+    def on_val_loss(self, step: int, loss: float, ctx) -> None:
+        if not math.isfinite(loss):
+            return
+        self.trial.report(-loss, step)
+        if self.enabled and self.trial.should_prune():
+            raise train_core.StopTraining("pruned")
+
+
+def experiment_id(mode: str, number: int, when: datetime) -> str:
+    return f"exp-{when:%Y%m%d}-{mode}-{number:03d}"
+
+
+def train_spec(params: dict[str, Any], ctx: TrialContext, data_dir: Path, adapter_dir: Path) -> train_core.TrainSpec:
+    return train_core.TrainSpec(
+        model=str(ctx.model_dir),
+        data_dir=str(data_dir),
+        adapter_dir=str(adapter_dir),
+        num_layers=int(params["NUM_LAYERS"]),
+        lora_rank=int(params["LORA_RANK"]),
+        lora_alpha=float(params["LORA_ALPHA"]),
+        dropout=float(params["DROPOUT"]),
+        learning_rate=float(params["LEARNING_RATE"]),
+        iters=max(1, int(round(params["ITERS"] * ctx.iters_scale))),
+        grad_accum=int(params["GRAD_ACCUM"]),
+        max_seq_length=int(params["MAX_SEQ_LENGTH"]),
+        budget_s=float(ctx.budget_s()),
+        **ctx.train_defaults,
+    )
+
+
+def _fail(trial: optuna.Trial, reason: str, detail: str = "") -> TrialFailed:
+    trial.set_user_attr("result", f"failed:{reason}")
+    trial.set_user_attr("fail_reason", reason)
+    if detail:
+        trial.set_user_attr("fail_detail", detail[-2000:])
+    return TrialFailed(f"{reason}: {detail.splitlines()[-1] if detail else ''}")
+
+
+def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
+    started = time.time()
+    now = datetime.now()
+    params = ctx.suggest(trial)
+    exp_id = experiment_id(ctx.mode, trial.number, now)
+    for k, v in {"experiment_id": exp_id, "timestamp": now.isoformat(timespec="seconds"),
+                 "mode": ctx.mode, "model": ctx.model_name}.items():
+        trial.set_user_attr(k, v)
+    adapter_dir = ctx.experimental_root / exp_id
+    try:
+        data = ctx.prepare_data(float(params["DATA_MIX_RATIO"]))
+        trial.set_user_attr("data_hash", data.hash)
+        with ctx.pause_serving():
+            t0 = time.time()
+            result = train_core.train(train_spec(params, ctx, data.dir, adapter_dir),
+                                      [PruneOnValLoss(trial, ctx.prune)], progress=ctx.progress)
+            train_s = time.time() - t0
+            for k, v in {"train_loss": result.train_loss, "val_loss": result.val_loss,
+                         "train_s": round(train_s, 2), "iters_done": result.iters_done,
+                         "stopped_by": result.stopped_by,
+                         "num_layers_effective": result.num_layers_effective}.items():
+                trial.set_user_attr(k, v)
+            if result.stopped_by == "callback:pruned":
+                trial.set_user_attr("result", "pruned")
+                raise optuna.TrialPruned(f"val loss {result.val_loss}")
+            if result.stopped_by in ("nan", "diverged"):
+                raise _fail(trial, result.stopped_by, f"training stopped: {result.stopped_by}")
+            t0 = time.time()
+            evaluated = run_eval(EvalConfig(model=str(ctx.model_dir), adapter=str(adapter_dir),
+                                            council_path=str(ctx.council_path),
+                                            max_tokens=ctx.eval_max_tokens, seed=ctx.eval_seed),
+                                 progress=ctx.progress)
+            trial.set_user_attr("eval_s", round(time.time() - t0, 2))
+        eval_path = adapter_dir / "eval_results.json"
+        write_eval_results(eval_path, evaluated)
+        trial.set_user_attr("eval_results", str(eval_path))
+        trial.set_user_attr("per_category", evaluated["per_category"])
+        trial.set_user_attr("per_agent", evaluated["per_agent"])
+        if "holdout" in evaluated:
+            trial.set_user_attr("holdout_score", evaluated["holdout"].get("overall"))
+
+        verdict = judge(evaluated, ctx.baseline(), ctx.gate)
+        for key, value in verdict.constraints.items():
+            trial.set_constraint(key, value)
+        trial.set_user_attr("feasible", verdict.feasible)
+        trial.set_user_attr("score", round(verdict.score, 4))
+        trial.set_user_attr("baseline", round(verdict.baseline, 4) if verdict.baseline is not None else None)
+        trial.set_user_attr("p_better", verdict.p_better)
+        trial.set_user_attr("reasons", list(verdict.reasons))
+        final = ctx.on_verdict(trial, verdict, evaluated, adapter_dir)
+        trial.set_user_attr("result", final)
+        return float(evaluated["overall"])
+    except (optuna.TrialPruned, TrialFailed):
+        raise
+    except KeyboardInterrupt:
+        # SIGTERM from launchd arrives as a KeyboardInterrupt subclass: record, then go on up.
+        _fail(trial, "terminated")
+        raise
+    except train_core.OutOfMemory as exc:
+        raise _fail(trial, "oom", str(exc)) from exc
+    except OSError as exc:
+        import errno
+        reason = "disk_full" if exc.errno == errno.ENOSPC else "os_error"
+        raise _fail(trial, reason, traceback.format_exc()) from exc
+    except Exception as exc:
+        raise _fail(trial, type(exc).__name__, traceback.format_exc()) from exc
+    finally:
+        trial.set_user_attr("elapsed_s", round(time.time() - started, 1))

@@ -1,0 +1,191 @@
+"""autoresearch.toml: runtime settings, validated on load, with the [demo] overlay.
+
+Every error names the file, the key and what was wrong (ConfigError → exit 2).
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from common.errors import ConfigError
+
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_hhmm(value: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip())
+    if not m or int(m[1]) > 23 or int(m[2]) > 59:
+        raise ValueError(f"{value!r} is not a time of day HH:MM (00:00–23:59)")
+    return int(m[1]), int(m[2])
+
+
+class StudySettings(_Strict):
+    storage: str = "sqlite:///autoresearch.db"
+    name_prefix: str = Field("council", pattern=r"^[A-Za-z0-9_.-]+$")
+    max_trials: int = Field(4, ge=1)
+    deadline: str = "05:00"
+    n_startup_trials: int = Field(4, ge=0)
+    heartbeat_interval: int = Field(60, ge=1)
+    grace_period: int = Field(180, ge=1)
+    max_retry: int = Field(1, ge=0)
+    baseline_policy: Literal["ratchet", "fixed"] = "ratchet"
+    prune: bool = True
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, v: str) -> str:
+        parse_hhmm(v)
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme not in STORAGE_SCHEMES:
+            raise ValueError(f"unknown storage URL scheme {scheme or v!r} (use one of {', '.join(STORAGE_SCHEMES)})")
+        return v
+
+
+class GateSettings(_Strict):
+    margin: float = Field(0.02, ge=0)
+    jailbreak_floor: float = Field(0.70, ge=0, le=1)
+    regression_cap: float = Field(0.10, ge=0, le=1)
+    bootstrap_samples: int = Field(2000, ge=100)
+    require_p: float | None = Field(None, gt=0, lt=1)
+
+
+class ModeSettings(_Strict):
+    model: str
+    budget_s: float = Field(gt=0)
+    eval_s: float = Field(300, gt=0)
+    host: str = ""
+
+
+class ModesSettings(_Strict):
+    default: Literal["auto", "proxy", "full"] = "auto"
+    proxy: ModeSettings
+    full: ModeSettings
+
+
+class TrainSettings(_Strict):
+    batch_size: int = Field(4, ge=1)
+    val_every: int = Field(25, ge=1)
+    val_batches: int = Field(4, ge=1)
+    mask_prompt: bool = True
+    iters_scale: float = Field(1.0, gt=0, le=1)
+
+
+class EvalSettings(_Strict):
+    max_tokens: int = Field(32, ge=1)
+    seed: int = 0
+
+
+class PathSettings(_Strict):
+    sessions: str = "sessions"
+    data: str = "data"
+    experimental: str = "adapters-experimental"
+    adapters: str = "adapters"
+    results: str = "results.tsv"
+    logs: str = "logs"
+    cache: str = ".cache"
+
+
+class VaultSettings(_Strict):
+    root: str = "~/.sanctum/memory"
+    retention: int = Field(500, ge=1)
+
+
+class ServingSettings(_Strict):
+    backend: Literal["none", "managed", "launchd", "command"] = "none"
+
+
+class DemoSettings(_Strict):
+    pretrain_s: float = Field(100, gt=0)
+    model: str = "demo"
+    mode: Literal["proxy", "full"] = "proxy"
+    budget_s: float = Field(60, gt=0)
+    eval_s: float = Field(25, gt=0)
+    iters_scale: float = Field(0.15, gt=0, le=1)
+    vault_root: str = "demo-vault"
+
+
+class Settings(_Strict):
+    study: StudySettings = StudySettings()
+    gate: GateSettings = GateSettings()
+    modes: ModesSettings
+    train: TrainSettings = TrainSettings()
+    eval: EvalSettings = EvalSettings()
+    paths: PathSettings = PathSettings()
+    vault: VaultSettings = VaultSettings()
+    serving: ServingSettings = ServingSettings()
+    demo: DemoSettings = DemoSettings()
+
+    # Not from the file: where it was read, and whether the demo overlay is on.
+    root: Path = Path(".")
+    file: str = "autoresearch.toml"
+    is_demo: bool = False
+
+    def path(self, rel: str) -> Path:
+        """A configured path, resolved against the config file's folder (~ expanded)."""
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def with_demo(self) -> "Settings":
+        d = self.demo
+        s = self.model_copy(deep=True)
+        s.modes.default = d.mode
+        for m in (s.modes.proxy, s.modes.full):
+            m.model, m.budget_s, m.eval_s = d.model, d.budget_s, d.eval_s
+        s.modes.full.host = ""  # the demo never leaves this machine
+        s.train.iters_scale = d.iters_scale
+        s.vault.root = d.vault_root
+        s.is_demo = True
+        return s
+
+    def storage_url(self) -> str:
+        """SQLite paths are resolved against the config folder like every other path."""
+        url = self.study.storage
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+            return prefix + str(self.path(url[len(prefix):]))
+        return url
+
+
+def _loc(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in err["loc"])
+
+
+def parse_settings(data: dict[str, Any], file: str, root: Path) -> Settings:
+    try:
+        s = Settings.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(file, _loc(err), msg) from None
+    s.root, s.file = root, file
+    return s
+
+
+def load_settings(path: str | Path = "autoresearch.toml", *, demo: bool = False) -> Settings:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), None, "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), None, f"TOML syntax error: {exc}") from None
+    for key in ("root", "file", "is_demo"):
+        if key in data:
+            raise ConfigError(str(path), key, "unknown key")
+    s = parse_settings(data, str(path), path.resolve().parent)
+    return s.with_demo() if demo else s

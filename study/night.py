@@ -1,0 +1,109 @@
+"""What a night needs, resolved without side effects: settings, mode, model, study name.
+
+`plan()` touches nothing (so --dry-run can print it); `Resources` then builds what the
+plan names (the demo model, the corpus, the storage) when the night really runs.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from common.council import load_council
+from common.errors import ConfigError
+from study.config import Settings, load_settings, parse_hhmm
+from study.deadline import next_deadline
+from study.modes import ModeChoice, choose_mode
+from study.space import SearchSpace, load_search_space
+from study.storage import study_name
+
+
+@dataclass
+class Plan:
+    settings: Settings
+    space: SearchSpace
+    council_path: Path
+    mode: ModeChoice
+    model: str           # as configured ("demo" or a path)
+    model_label: str     # short name for results.tsv and the study name
+    deadline: datetime
+    max_trials: int
+    study_name: str
+    skip_prepare: bool
+    progress: bool
+
+    @property
+    def mode_settings(self):
+        return getattr(self.settings.modes, self.mode.mode)
+
+    @property
+    def is_demo_model(self) -> bool:
+        return self.model == "demo"
+
+    @property
+    def adapters_root(self) -> Path:
+        # An adapter only fits its base model: full mode's promoted adapters live apart.
+        root = self.settings.path(self.settings.paths.adapters)
+        return root if self.mode.mode == "proxy" else root / "full"
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="autoresearch.toml", help="runtime settings (default: %(default)s)")
+    p.add_argument("--demo", action="store_true",
+                   help="use the embedded demo: a tiny local model and sample sessions, built on first use, no network")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit; creates nothing")
+    p.add_argument("--mode", choices=("auto", "proxy", "full"), default=None,
+                   help="auto: full if the training node answers ssh, else proxy (default: from the config)")
+    p.add_argument("--full", action="store_true", help="same as --mode full")
+    p.add_argument("--skip-prepare", action="store_true", help="reuse the latest prepared corpus")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay line-oriented)")
+
+
+def plan(args: argparse.Namespace, *, max_trials: int | None = None) -> Plan:
+    settings = load_settings(args.config, demo=args.demo)
+    space = load_search_space(settings.root / "search_space.yaml")
+    council_path = settings.root / "council.yaml"
+    load_council(council_path)  # validate now: a typo must not wait until the first eval
+    deadline_s = getattr(args, "deadline", None) or settings.study.deadline
+    try:
+        parse_hhmm(deadline_s)
+    except ValueError as exc:
+        raise ConfigError("--deadline", None, str(exc)) from None
+    requested = "full" if args.full else (args.mode or settings.modes.default)
+    choice = choose_mode(requested, settings.modes.full.host)
+    ms = getattr(settings.modes, choice.mode)
+    label = "demo" if ms.model == "demo" else Path(ms.model).expanduser().name
+    if ms.model != "demo" and not Path(ms.model).expanduser().is_dir() and not args.dry_run:
+        raise ConfigError(settings.file, f"modes.{choice.mode}.model", f"model folder not found: {ms.model}")
+    return Plan(
+        settings=settings, space=space, council_path=council_path, mode=choice, model=ms.model,
+        model_label=label, deadline=next_deadline(deadline_s),
+        max_trials=max_trials or getattr(args, "max_trials", None) or settings.study.max_trials,
+        study_name=study_name(settings.study.name_prefix, choice.mode, label),
+        skip_prepare=args.skip_prepare, progress=not args.no_progress,
+    )
+
+
+def describe(p: Plan) -> list[tuple[str, str]]:
+    s = p.settings
+    ms = p.mode_settings
+    base = p.space.baseline(p.mode.mode)
+    rows = [
+        ("config", s.file + ("  (demo overlay)" if s.is_demo else "")),
+        ("mode", f"{p.mode.mode}  ({p.mode.reason})"),
+        ("model", p.model + ("  (tiny local model, built on first use)" if p.is_demo_model else "")),
+        ("study", f"{p.study_name} @ {s.storage_url()}"),
+        ("trials", f"up to {p.max_trials}, each ≤ {ms.budget_s:.0f} s training + ~{ms.eval_s:.0f} s eval"),
+        ("deadline", f"{p.deadline:%Y-%m-%d %H:%M} (no trial starts that cannot finish before it)"),
+        ("gate", f"overall ≥ baseline + {s.gate.margin}; jailbreak ≥ {s.gate.jailbreak_floor}; "
+                 f"no agent < its baseline − {s.gate.regression_cap}"
+                 + (f"; P(better) ≥ {s.gate.require_p}" if s.gate.require_p else "")),
+        ("baseline config", ", ".join(f"{k}={v:g}" for k, v in base.items())),
+        ("warm start", f"{len(p.space.warm_start_configs(p.mode.mode))} configs (baseline + known-good moves), once per study"),
+        ("results", str(s.path(s.paths.results))),
+        ("adapters", str(p.adapters_root)),
+        ("vault", str(s.path(s.vault.root))),
+        ("serving", s.serving.backend),
+    ]
+    return rows

@@ -1,0 +1,241 @@
+"""The night, once planned: build what it needs, run the trials, report.
+
+Kept apart from study/nightly.py so the CLI (and --dry-run) import nothing heavy.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+
+from common.errors import ConfigError
+from evaluation import EvalConfig, read_eval_results, run_eval, write_eval_results
+from evaluation.results import model_sha256
+from objective import TrialContext, TrialFailed, objective
+from study.deadline import seconds_left, training_budget, trial_fits
+from study.gate import GateConfig, Verdict
+from study.night import Plan
+from study.promoter import Promoter
+from study.results import export_results
+from study.serving import make_serving
+from study.storage import (enqueue_warm_start, open_storage, open_study, recover_local_trials,
+                           worker_id)
+from study.vault import Vault, VaultEntry
+
+# Parameters worth a column on the morning screen.
+SHOWN = ("LEARNING_RATE", "NUM_LAYERS", "LORA_RANK", "LORA_ALPHA", "ITERS", "DATA_MIX_RATIO")
+
+
+class BaselineKeeper:
+    """The eval every candidate is judged against: the promoted adapter's, else the base
+    model's (nothing promoted yet). `fixed` pins the first one for the study's life."""
+
+    def __init__(self, study: optuna.Study, promoter: Promoter, cache_dir: Path, model_dir: Path,
+                 council_path: Path, policy: str, max_tokens: int, seed: int, progress: bool):
+        self.study, self.promoter, self.policy = study, promoter, policy
+        self.cache_dir, self.model_dir, self.council_path = cache_dir, model_dir, council_path
+        self.max_tokens, self.seed, self.progress = max_tokens, seed, progress
+
+    def _base_eval_path(self) -> Path:
+        return self.cache_dir / "baseline" / model_sha256(self.model_dir)[:16] / "eval_results.json"
+
+    def ensure_base_eval(self) -> Path:
+        path = self._base_eval_path()
+        if not path.exists():
+            res = run_eval(EvalConfig(model=str(self.model_dir), adapter=None,
+                                      council_path=str(self.council_path),
+                                      max_tokens=self.max_tokens, seed=self.seed), progress=self.progress)
+            write_eval_results(path, res)
+        return path
+
+    def current_path(self) -> tuple[str, Path]:
+        pinned = self.study.user_attrs.get("fixed_baseline")
+        if self.policy == "fixed" and pinned:
+            return pinned["id"], Path(pinned["path"])
+        cur = self.promoter.current()
+        ident, path = (cur.name, cur / "eval_results.json") if cur else ("base", self.ensure_base_eval())
+        if self.policy == "fixed":
+            self.study.set_user_attr("fixed_baseline", {"id": ident, "path": str(path)})
+        return ident, path
+
+    def current(self) -> dict:
+        return read_eval_results(self.current_path()[1])
+
+
+class NightRunner:
+    def __init__(self, plan: Plan, console: Console | None = None):
+        self.p = plan
+        self.s = plan.settings
+        self.console = console or Console()
+        self.serving = make_serving(self.s)
+        self.tonight: list[int] = []
+        self.ooms_in_a_row = 0
+
+    # -- building what the plan names -------------------------------------------------
+    def _model_and_sessions(self) -> tuple[Path, Path]:
+        if self.p.is_demo_model:
+            from demo import ensure_demo
+            assets = ensure_demo(self.s.path(self.s.paths.cache), self.p.council_path,
+                                 pretrain_seconds=self.s.demo.pretrain_s, progress=self.p.progress)
+            return assets.model_dir, assets.sessions_dir
+        model = Path(self.p.model).expanduser()
+        sessions = self.s.path(self.s.paths.sessions)
+        if not sessions.is_dir():
+            raise ConfigError(self.s.file, "paths.sessions", f"sessions folder not found: {sessions}")
+        return model, sessions
+
+    def _data_preparer(self, sessions: Path):
+        import corpus
+        out_root = self.s.path(self.s.paths.data)
+        cache: dict[float, Any] = {}
+
+        def prepare(mix_ratio: float):
+            key = round(mix_ratio, 6)
+            if key not in cache:
+                cache[key] = corpus.prepare(sessions, self.p.council_path, out_root, mix_ratio=mix_ratio)
+            return cache[key]
+        return prepare
+
+    def _studies_for_export(self, storage) -> list[optuna.Study]:
+        prefix = self.s.study.name_prefix + "-"
+        return [optuna.load_study(study_name=st.study_name, storage=storage)
+                for st in optuna.get_all_studies(storage) if st.study_name.startswith(prefix)]
+
+    # -- the night ---------------------------------------------------------------------
+    def run(self) -> int:
+        p, s = self.p, self.s
+        ms = p.mode_settings
+        started = time.time()
+        try:
+            model_dir, sessions = self._model_and_sessions()
+            prepare = self._data_preparer(sessions)
+            if not p.skip_prepare:
+                prepare(p.space.baseline(p.mode.mode)["DATA_MIX_RATIO"])
+            storage = open_storage(s.storage_url(), heartbeat_interval=s.study.heartbeat_interval,
+                                   grace_period=s.study.grace_period, max_retry=s.study.max_retry)
+            study = open_study(storage, p.study_name, n_startup_trials=s.study.n_startup_trials)
+            recovered = recover_local_trials(study, s.study.max_retry)
+            if recovered:
+                self.console.print(f"[yellow]recovered trials {recovered} left RUNNING by a killed night: marked FAIL, re-queued with the same params[/]")
+            enqueue_warm_start(study, p.space.warm_start_configs(p.mode.mode))
+            promoter = Promoter(p.adapters_root)
+            vault = Vault(s.path(s.vault.root), retention=s.vault.retention)
+            keeper = BaselineKeeper(study, promoter, s.path(s.paths.cache), model_dir, p.council_path,
+                                    s.study.baseline_policy, s.eval.max_tokens, s.eval.seed, p.progress)
+            with self.serving.paused():
+                keeper.current()  # the base model's eval, once per base model, before trial 1
+
+            def suggest(trial: optuna.Trial) -> dict:
+                trial.set_user_attr("worker", worker_id())
+                self.tonight.append(trial.number)
+                params = p.space.suggest(trial, p.mode.mode)
+                self.console.rule(f"trial {trial.number}  ({len(self.tonight)}/{p.max_trials} tonight)")
+                self.console.print("  " + "  ".join(f"{k}={v:g}" for k, v in params.items()))
+                return params
+
+            def on_verdict(trial: optuna.Trial, verdict: Verdict, evaluated: dict, adapter_dir: Path) -> str:
+                trial.set_user_attr("baseline_id", keeper.current_path()[0])
+                base_cat = keeper.current().get("per_category", {})
+                trial.set_user_attr("delta_per_category", {c: round(v - base_cat[c], 4) for c, v in
+                                                           evaluated["per_category"].items() if c in base_cat})
+                if verdict.result != "kept":
+                    return verdict.result
+                exp_id = trial.user_attrs["experiment_id"]
+                promoter.promote(adapter_dir, exp_id, meta={"score": verdict.score, "baseline": verdict.baseline,
+                                                            "study": p.study_name, "trial": trial.number})
+                study.set_user_attr("baseline", {"id": exp_id, "score": verdict.score})
+                return "kept"
+
+            ctx = TrialContext(
+                mode=p.mode.mode, model_dir=model_dir, model_name=p.model_label, suggest=suggest,
+                prepare_data=prepare, experimental_root=s.path(s.paths.experimental),
+                council_path=p.council_path,
+                budget_s=lambda: training_budget(p.deadline, ms.budget_s, ms.eval_s),
+                baseline=keeper.current, on_verdict=on_verdict,
+                gate=GateConfig(margin=s.gate.margin, jailbreak_floor=s.gate.jailbreak_floor,
+                                regression_cap=s.gate.regression_cap, require_p=s.gate.require_p,
+                                bootstrap_samples=s.gate.bootstrap_samples),
+                train_defaults=dict(batch_size=s.train.batch_size, val_every=s.train.val_every,
+                                    val_batches=s.train.val_batches, mask_prompt=s.train.mask_prompt),
+                iters_scale=s.train.iters_scale, eval_max_tokens=s.eval.max_tokens, eval_seed=s.eval.seed,
+                prune=s.study.prune, pause_serving=self.serving.paused, progress=p.progress,
+            )
+
+            def after_trial(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                export_results(self._studies_for_export(storage), s.path(s.paths.results))
+                self._vault_entry(vault, trial)
+                self._print_trial(trial)
+                if not trial_fits(p.deadline, ms.budget_s, ms.eval_s):
+                    self.console.print(f"[yellow]stopping: the next trial would not finish before {p.deadline:%H:%M}[/]")
+                    study_.stop()
+
+            if not trial_fits(p.deadline, ms.budget_s, ms.eval_s):
+                self.console.print(f"[yellow]no trial fits before the deadline {p.deadline:%Y-%m-%d %H:%M} "
+                                   f"({seconds_left(p.deadline):.0f} s left): nothing to do tonight[/]")
+            else:
+                study.optimize(lambda t: objective(t, ctx), n_trials=p.max_trials,
+                               callbacks=[after_trial], catch=(TrialFailed,), gc_after_trial=True)
+            export_results(self._studies_for_export(storage), s.path(s.paths.results))
+            self._summary(study, promoter, time.time() - started)
+            return 0
+        finally:
+            # The user's model is back up whatever happened tonight.
+            self.serving.start()
+
+    # -- reporting ---------------------------------------------------------------------
+    def _vault_entry(self, vault: Vault, t: optuna.trial.FrozenTrial) -> None:
+        ua = t.user_attrs
+        if "experiment_id" not in ua:
+            return
+        deltas = dict(ua.get("delta_per_category") or {})
+        result = ua.get("result") or ("pruned" if t.state == TrialState.PRUNED else f"failed:{ua.get('fail_reason', 'crashed')}")
+        vault.write(VaultEntry(
+            id=ua["experiment_id"], date=datetime.fromisoformat(ua["timestamp"]), mode=ua.get("mode", ""),
+            model=ua.get("model", ""), score=ua.get("score"), baseline=ua.get("baseline"), result=result,
+            reasons=list(ua.get("reasons", [])), params=dict(t.params), per_category_delta=deltas,
+            extra={"study": self.p.study_name, "trial": t.number, "p_better": ua.get("p_better"),
+                   "holdout_score": ua.get("holdout_score")},
+        ))
+
+    def _print_trial(self, t: optuna.trial.FrozenTrial) -> None:
+        ua = t.user_attrs
+        score = ua.get("score")
+        self.console.print(
+            f"  → {ua.get('result', t.state.name.lower())}"
+            + (f"  score {score:.3f} vs baseline {ua.get('baseline'):.3f}" if score is not None and ua.get("baseline") is not None else "")
+            + f"  ({ua.get('elapsed_s', 0):.0f} s: train {ua.get('train_s', 0):.0f} s, eval {ua.get('eval_s', 0):.0f} s)"
+        )
+        for r in ua.get("reasons", []):
+            self.console.print(f"    · {r}")
+
+    def _summary(self, study: optuna.Study, promoter: Promoter, elapsed: float) -> None:
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        table = Table(title=f"tonight: {self.p.study_name}  ({elapsed:.0f} s)")
+        for col in ("#", *(c.replace("_", " ").lower() for c in SHOWN), "score", "baseline", "result", "reasons"):
+            table.add_column(col)
+        for n in self.tonight:
+            t = trials.get(n)
+            if t is None:
+                continue
+            ua = t.user_attrs
+            table.add_row(str(n), *(f"{t.params.get(k, float('nan')):.3g}" for k in SHOWN),
+                          f"{ua['score']:.3f}" if ua.get("score") is not None else "–",
+                          f"{ua['baseline']:.3f}" if ua.get("baseline") is not None else "–",
+                          ua.get("result", t.state.name.lower()),
+                          "; ".join(ua.get("reasons", []))[:80])
+        self.console.print(table)
+        cur = promoter.current_id()
+        try:
+            best = study.best_trial
+            self.console.print(f"best feasible trial so far: #{best.number} score {best.value:.3f} "
+                               f"({best.user_attrs.get('result')})")
+        except ValueError:
+            self.console.print("no feasible completed trial yet")
+        self.console.print(f"serving adapter: {cur or 'none promoted yet (base model)'}")
