@@ -105,6 +105,37 @@ class VaultSettings(_Strict):
 
 class ServingSettings(_Strict):
     backend: Literal["none", "managed", "launchd", "command"] = "none"
+    # managed: the project runs `python -m mlx_lm server` itself (adapters/current).
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    allow_remote: bool = False          # bind another host than loopback only when true
+    start_timeout_s: float = Field(120, gt=0)
+    stop_timeout_s: float = Field(30, gt=0)
+    # launchd: the user's own council-mlx LaunchAgent.
+    label: str = "com.sanctum.council-mlx"
+    # command: the user's own stop/start commands (argv lists, no shell).
+    stop_command: list[str] = []
+    start_command: list[str] = []
+    health_url: str = ""                # default: http://<host>:<port>/health
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+
+class ScheduleSettings(_Strict):
+    start: str = "02:00"                # when launchd/systemd start the night
+    label: str = "com.sanctum.autoresearch"
+    keep_logs: int = Field(30, ge=1)    # nights of logs/<date>/ kept
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, v: str) -> str:
+        parse_hhmm(v)
+        return v
 
 
 class DemoSettings(_Strict):
@@ -115,6 +146,7 @@ class DemoSettings(_Strict):
     eval_s: float = Field(25, gt=0)
     iters_scale: float = Field(0.15, gt=0, le=1)
     vault_root: str = "demo-vault"
+    window_min: float = Field(60, gt=0)   # the demo's night ends this long after it starts
 
 
 class Settings(_Strict):
@@ -126,6 +158,7 @@ class Settings(_Strict):
     paths: PathSettings = PathSettings()
     vault: VaultSettings = VaultSettings()
     serving: ServingSettings = ServingSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
     demo: DemoSettings = DemoSettings()
 
     # Not from the file: where it was read, and whether the demo overlay is on.

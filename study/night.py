@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from common.council import load_council
@@ -76,9 +76,13 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None) -> Plan:
     label = "demo" if ms.model == "demo" else Path(ms.model).expanduser().name
     if ms.model != "demo" and not Path(ms.model).expanduser().is_dir() and not args.dry_run:
         raise ConfigError(settings.file, f"modes.{choice.mode}.model", f"model folder not found: {ms.model}")
+    deadline = next_deadline(deadline_s)
+    if settings.is_demo and not getattr(args, "deadline", None):
+        # A demo night is a compressed night that starts now, whatever the clock says.
+        deadline = datetime.now().replace(microsecond=0) + timedelta(minutes=settings.demo.window_min)
     return Plan(
         settings=settings, space=space, council_path=council_path, mode=choice, model=ms.model,
-        model_label=label, deadline=next_deadline(deadline_s),
+        model_label=label, deadline=deadline,
         max_trials=max_trials or getattr(args, "max_trials", None) or settings.study.max_trials,
         study_name=study_name(settings.study.name_prefix, choice.mode, label),
         skip_prepare=args.skip_prepare, progress=not args.no_progress,

@@ -74,7 +74,7 @@ class NightRunner:
         self.p = plan
         self.s = plan.settings
         self.console = console or Console()
-        self.serving = make_serving(self.s)
+        self.serving = None
         self.tonight: list[int] = []
         self.ooms_in_a_row = 0
 
@@ -115,6 +115,7 @@ class NightRunner:
         started = time.time()
         try:
             model_dir, sessions = self._model_and_sessions()
+            self.serving = make_serving(s, model_dir, p.adapters_root)
             prepare = self._data_preparer(sessions)
             if not p.skip_prepare:
                 prepare(p.space.baseline(p.mode.mode)["DATA_MIX_RATIO"])
@@ -187,7 +188,8 @@ class NightRunner:
             return 0
         finally:
             # The user's model is back up whatever happened tonight.
-            self.serving.start()
+            if self.serving is not None:
+                self.serving.start()
 
     # -- reporting ---------------------------------------------------------------------
     def _vault_entry(self, vault: Vault, t: optuna.trial.FrozenTrial) -> None:
