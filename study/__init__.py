@@ -1,0 +1,1 @@
+"""Orchestration: nightly runner, objective glue, gate, promoter, exports, vault."""

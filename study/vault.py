@@ -1,0 +1,160 @@
+"""Memory-vault entries: one markdown note per experiment, so the agents can read their own
+training history (root/events/<YYYY>/<MM>/autoresearch-<id>.md); the oldest age out to
+root/archive/<YYYY>/<MM>/ once the vault holds more than `retention` entries.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.atomic import atomic_write_text
+from common.errors import ConfigError
+
+PREFIX = "autoresearch-"
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CORE_KEYS = ("id", "date", "mode", "model", "score", "baseline", "result", "reasons")
+OLDEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+@dataclass
+class VaultEntry:
+    id: str
+    date: datetime
+    mode: str
+    model: str
+    score: float | None
+    baseline: float | None
+    result: str
+    reasons: list[str]
+    params: dict
+    per_category_delta: dict[str, float]
+    extra: dict = field(default_factory=dict)
+
+
+def front_matter(entry: VaultEntry) -> dict[str, Any]:
+    clash = sorted(set(entry.extra) & set(CORE_KEYS))
+    if clash:
+        raise ConfigError(None, f"extra.{clash[0]}", "would overwrite a core front-matter field")
+    # float()/str() so numpy scalars from the eval do not trip yaml.safe_dump
+    return {"id": entry.id, "date": entry.date.isoformat(timespec="seconds"), "mode": str(entry.mode),
+            "model": str(entry.model), "score": _opt_float(entry.score),
+            "baseline": _opt_float(entry.baseline), "result": str(entry.result),
+            "reasons": [str(r) for r in entry.reasons], **entry.extra}
+
+
+def _opt_float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "n/a" if math.isnan(x) else f"{x:.6g}"
+    return str(x)
+
+
+def _signed(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:+.3f}"
+
+
+def body(entry: VaultEntry) -> str:
+    score = "n/a" if entry.score is None else f"{entry.score:.3f}"
+    base = "n/a" if entry.baseline is None else f"{entry.baseline:.3f}"
+    lines = [f"# Autoresearch {entry.id}: {entry.result}", "",
+             f"{entry.mode} mode on {entry.model}: score {score} against baseline {base}.", "",
+             "## What was tried", ""]
+    if entry.params:
+        lines += ["| parameter | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(entry.params.items())]
+    else:
+        lines.append("(no parameters recorded)")
+    lines += ["", "## Per-category delta against baseline", ""]
+    if entry.per_category_delta:
+        lines += ["| category | delta |", "|---|---|"]
+        lines += [f"| {k} | {_signed(v)} |" for k, v in entry.per_category_delta.items()]
+    else:
+        lines.append("(no baseline to compare against)")
+    if entry.reasons:
+        lines += ["", "## Why", ""] + [f"- {r}" for r in entry.reasons]
+    return "\n".join(lines) + "\n"
+
+
+def render(entry: VaultEntry) -> str:
+    try:
+        head = yaml.safe_dump(front_matter(entry), sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError as exc:
+        raise ConfigError(None, "extra", f"not YAML-serialisable: {exc}") from None
+    return f"---\n{head}---\n\n{body(entry)}"
+
+
+def read_front_matter(path: Path) -> dict[str, Any]:
+    """The YAML between the first two `---` lines; {} when absent or unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    if not text.startswith("---\n"):
+        return {}
+    end = text.find("\n---\n", 3)
+    try:
+        data = yaml.safe_load(text[4:end + 1]) if end > 0 else None
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _sort_key(path: Path) -> tuple[datetime, str]:
+    """Front-matter date (aware; a naive date is local time), then name. Unreadable: oldest."""
+    raw = read_front_matter(path).get("date")
+    try:
+        when = raw if isinstance(raw, datetime) else datetime.fromisoformat(str(raw))
+    except ValueError:
+        return OLDEST, path.name
+    return (when if when.tzinfo else when.astimezone()), path.name
+
+
+class Vault:
+    def __init__(self, root: Path | str, retention: int = 500):
+        if not isinstance(retention, int) or retention < 1:
+            raise ConfigError(None, "vault.retention", f"must be a positive integer, got {retention!r}")
+        self.root = Path(root).expanduser()
+        self.retention = retention
+        self.events = self.root / "events"
+        self.archive = self.root / "archive"
+
+    def path_for(self, entry: VaultEntry) -> Path:
+        if not isinstance(entry.id, str) or not ID_RE.match(entry.id):
+            raise ConfigError(None, "id", f"unsafe vault entry id {entry.id!r}")
+        return self.events / f"{entry.date:%Y}" / f"{entry.date:%m}" / f"{PREFIX}{entry.id}.md"
+
+    def write(self, entry: VaultEntry) -> Path:
+        """Write the entry atomically, then enforce retention; returns where the entry now is."""
+        path = self.path_for(entry)
+        atomic_write_text(path, render(entry))
+        moved = self.enforce_retention()
+        if path in moved:   # backfilling an entry older than everything kept
+            return self.archive / path.relative_to(self.events)
+        return path
+
+    def entries(self) -> list[Path]:
+        return sorted(self.events.glob(f"*/*/{PREFIX}*.md"))
+
+    def enforce_retention(self) -> list[Path]:
+        """Move the oldest entries over the cap to archive/<YYYY>/<MM>/; returns their old paths."""
+        entries = self.entries()
+        excess = len(entries) - self.retention
+        if excess <= 0:
+            return []
+        moved = []
+        for path in sorted(entries, key=_sort_key)[:excess]:
+            target = self.archive / path.relative_to(self.events)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            moved.append(path)
+        return moved
