@@ -43,7 +43,8 @@ class TrialContext:
     prune: bool = True
     pause_serving: Callable[[], ContextManager] = contextlib.nullcontext
     progress: bool = True
-    log: Callable[[str], None] = print
+    log: Callable[[optuna.Trial, str], None] = lambda trial, line: None
+    on_finish: Callable[[optuna.Trial, Path], None] = lambda trial, adapter_dir: None
 
 
 class TrialFailed(Exception):
@@ -53,10 +54,14 @@ class TrialFailed(Exception):
 class PruneOnValLoss(train_core.TrainCallback):
     """Reports -val_loss (the study maximises) at train_core's fixed steps."""
 
-    def __init__(self, trial: optuna.Trial, enabled: bool):
-        self.trial, self.enabled = trial, enabled
+    def __init__(self, trial: optuna.Trial, enabled: bool, log: Callable[[optuna.Trial, str], None]):
+        self.trial, self.enabled, self.log = trial, enabled, log
+
+    def on_train_loss(self, step: int, loss: float, ctx) -> None:
+        self.log(self.trial, f"step {step}: train loss {loss:.4f}")
 
     def on_val_loss(self, step: int, loss: float, ctx) -> None:
+        self.log(self.trial, f"step {step}: val loss {loss:.4f}")
         if not math.isfinite(loss):
             return
         self.trial.report(-loss, step)
@@ -89,6 +94,8 @@ def train_spec(params: dict[str, Any], ctx: TrialContext, data_dir: Path, adapte
 def _fail(trial: optuna.Trial, reason: str, detail: str = "") -> TrialFailed:
     trial.set_user_attr("result", f"failed:{reason}")
     trial.set_user_attr("fail_reason", reason)
+    trial.set_user_attr("feasible", False)
+    trial.set_user_attr("reasons", [detail.strip().splitlines()[-1][:300]] if detail.strip() else [reason])
     if detail:
         trial.set_user_attr("fail_detail", detail[-2000:])
     return TrialFailed(f"{reason}: {detail.splitlines()[-1] if detail else ''}")
@@ -103,14 +110,17 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
                  "mode": ctx.mode, "model": ctx.model_name}.items():
         trial.set_user_attr(k, v)
     adapter_dir = ctx.experimental_root / exp_id
+    ctx.log(trial, f"{exp_id} ({ctx.mode}, {ctx.model_name}): " + ", ".join(f"{k}={v:g}" for k, v in params.items()))
     try:
         data = ctx.prepare_data(float(params["DATA_MIX_RATIO"]))
         trial.set_user_attr("data_hash", data.hash)
         with ctx.pause_serving():
             t0 = time.time()
             result = train_core.train(train_spec(params, ctx, data.dir, adapter_dir),
-                                      [PruneOnValLoss(trial, ctx.prune)], progress=ctx.progress)
+                                      [PruneOnValLoss(trial, ctx.prune, ctx.log)], progress=ctx.progress)
             train_s = time.time() - t0
+            ctx.log(trial, f"training: {result.iters_done} iters in {train_s:.1f} s, stopped by {result.stopped_by}, "
+                           f"train loss {result.train_loss}, val loss {result.val_loss}")
             for k, v in {"train_loss": result.train_loss, "val_loss": result.val_loss,
                          "train_s": round(train_s, 2), "iters_done": result.iters_done,
                          "stopped_by": result.stopped_by,
@@ -118,6 +128,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
                 trial.set_user_attr(k, v)
             if result.stopped_by == "callback:pruned":
                 trial.set_user_attr("result", "pruned")
+                trial.set_user_attr("reasons", [f"val loss {result.val_loss} worse than the median at the same step"])
                 raise optuna.TrialPruned(f"val loss {result.val_loss}")
             if result.stopped_by in ("nan", "diverged"):
                 raise _fail(trial, result.stopped_by, f"training stopped: {result.stopped_by}")
@@ -127,6 +138,8 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
                                             max_tokens=ctx.eval_max_tokens, seed=ctx.eval_seed),
                                  progress=ctx.progress)
             trial.set_user_attr("eval_s", round(time.time() - t0, 2))
+            ctx.log(trial, f"eval: overall {evaluated['overall']:.4f} in {time.time() - t0:.1f} s; "
+                           + ", ".join(f"{c} {v:.3f}" for c, v in evaluated["per_category"].items()))
         eval_path = adapter_dir / "eval_results.json"
         write_eval_results(eval_path, evaluated)
         trial.set_user_attr("eval_results", str(eval_path))
@@ -145,6 +158,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
         trial.set_user_attr("reasons", list(verdict.reasons))
         final = ctx.on_verdict(trial, verdict, evaluated, adapter_dir)
         trial.set_user_attr("result", final)
+        ctx.log(trial, f"verdict: {final}; " + "; ".join(verdict.reasons))
         return float(evaluated["overall"])
     except (optuna.TrialPruned, TrialFailed):
         raise
@@ -162,3 +176,4 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
         raise _fail(trial, type(exc).__name__, traceback.format_exc()) from exc
     finally:
         trial.set_user_attr("elapsed_s", round(time.time() - started, 1))
+        ctx.on_finish(trial, adapter_dir)

@@ -96,6 +96,8 @@ class PathSettings(_Strict):
     results: str = "results.tsv"
     logs: str = "logs"
     cache: str = ".cache"
+    artifacts: str = "artifacts"   # optuna-dashboard's --artifact-dir
+    reports: str = "reports"
 
 
 class VaultSettings(_Strict):

@@ -21,6 +21,7 @@ from evaluation.results import model_sha256
 from objective import TrialContext, TrialFailed, objective
 from study.deadline import seconds_left, training_budget, trial_fits
 from study.gate import GateConfig, Verdict
+from study.logs import TrialLogs
 from study.night import Plan
 from study.promoter import Promoter
 from study.results import export_results
@@ -76,6 +77,7 @@ class NightRunner:
         self.console = console or Console()
         self.serving = None
         self.tonight: list[int] = []
+        self.report_path: Path | None = None
         self.ooms_in_a_row = 0
 
     # -- building what the plan names -------------------------------------------------
@@ -127,11 +129,32 @@ class NightRunner:
                 self.console.print(f"[yellow]recovered trials {recovered} left RUNNING by a killed night: marked FAIL, re-queued with the same params[/]")
             enqueue_warm_start(study, p.space.warm_start_configs(p.mode.mode))
             promoter = Promoter(p.adapters_root)
+            logs = TrialLogs(s.path(s.paths.logs), s.schedule.keep_logs,
+                             echo=None if p.progress else (lambda line: self.console.print("  " + line)))
+            logs.rotate()
+            from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+            art_dir = s.path(s.paths.artifacts)
+            art_dir.mkdir(parents=True, exist_ok=True)
+            artifacts = FileSystemArtifactStore(str(art_dir))
+
+            def log(trial: optuna.Trial, line: str) -> None:
+                logs.write(trial.user_attrs.get("experiment_id", f"trial-{trial.number}"), line)
+
+            def on_finish(trial: optuna.Trial, adapter_dir: Path) -> None:
+                ua = trial.user_attrs
+                if str(ua.get("result", "")).startswith("failed:"):
+                    log(trial, f"result: {ua['result']}")
+                exp_id = ua.get("experiment_id", f"trial-{trial.number}")
+                for f in (adapter_dir / "eval_results.json", adapter_dir / "adapter_config.json",
+                          logs.path_for(exp_id)):
+                    if f.is_file():
+                        upload_artifact(artifact_store=artifacts, file_path=str(f), study_or_trial=trial)
             vault = Vault(s.path(s.vault.root), retention=s.vault.retention)
             keeper = BaselineKeeper(study, promoter, s.path(s.paths.cache), model_dir, p.council_path,
                                     s.study.baseline_policy, s.eval.max_tokens, s.eval.seed, p.progress)
             with self.serving.paused():
-                keeper.current()  # the base model's eval, once per base model, before trial 1
+                night_baseline = keeper.current()  # the base model's eval, once per base model, before trial 1
+            self.report_path = s.path(s.paths.reports) / f"{datetime.now():%Y-%m-%d}.md"
 
             def suggest(trial: optuna.Trial) -> dict:
                 trial.set_user_attr("worker", worker_id())
@@ -167,6 +190,7 @@ class NightRunner:
                                     val_batches=s.train.val_batches, mask_prompt=s.train.mask_prompt),
                 iters_scale=s.train.iters_scale, eval_max_tokens=s.eval.max_tokens, eval_seed=s.eval.seed,
                 prune=s.study.prune, pause_serving=self.serving.paused, progress=p.progress,
+                log=log, on_finish=on_finish,
             )
 
             def after_trial(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -184,6 +208,9 @@ class NightRunner:
                 study.optimize(lambda t: objective(t, ctx), n_trials=p.max_trials,
                                callbacks=[after_trial], catch=(TrialFailed,), gc_after_trial=True)
             export_results(self._studies_for_export(storage), s.path(s.paths.results))
+            if self.tonight:
+                from study.report import build_report
+                self.report_path = build_report(study, datetime.now().date(), s.path(s.paths.reports), night_baseline)
             self._summary(study, promoter, time.time() - started)
             return 0
         finally:
@@ -203,7 +230,7 @@ class NightRunner:
             model=ua.get("model", ""), score=ua.get("score"), baseline=ua.get("baseline"), result=result,
             reasons=list(ua.get("reasons", [])), params=dict(t.params), per_category_delta=deltas,
             extra={"study": self.p.study_name, "trial": t.number, "p_better": ua.get("p_better"),
-                   "holdout_score": ua.get("holdout_score")},
+                   "holdout_score": ua.get("holdout_score"), "report": str(self.report_path)},
         ))
 
     def _print_trial(self, t: optuna.trial.FrozenTrial) -> None:
@@ -241,3 +268,5 @@ class NightRunner:
         except ValueError:
             self.console.print("no feasible completed trial yet")
         self.console.print(f"serving adapter: {cur or 'none promoted yet (base model)'}")
+        if self.tonight:
+            self.console.print(f"morning report: {self.report_path}")
