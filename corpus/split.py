@@ -1,0 +1,100 @@
+"""Splitting (groups never straddle splits) and the real-to-synthetic mix of train.
+
+Splits are drawn before mixing, so valid and test do not depend on DATA_MIX_RATIO: trials
+with different mixes report validation loss on the same examples. Within each stratum
+(source x agent x category) groups are shuffled and cut, so every cell that has enough
+examples appears in valid and test.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+from common.errors import ConfigError
+
+from .clean import group_key
+from .records import SOURCE as REAL
+
+SPLITS = ("train", "valid", "test")
+
+
+def _stratum(example: dict) -> tuple[str, str, str]:
+    return (example["source"], example["agent"], example["category"])
+
+
+def _take(n: int, fraction: float) -> int:
+    return int(n * fraction + 0.5)
+
+
+def assign_splits(examples: list[dict], valid_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for ex in examples:
+        groups[group_key(ex)].append(ex)
+    strata: dict[tuple, list[str]] = defaultdict(list)
+    for key, members in groups.items():
+        strata[_stratum(members[0])].append(key)
+
+    chosen: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for stratum in sorted(strata):
+        keys = sorted(strata[stratum])
+        random.Random(f"split-{seed}-{'/'.join(stratum)}").shuffle(keys)
+        n_valid, n_test = _take(len(keys), valid_fraction), _take(len(keys), test_fraction)
+        chosen["valid"] += keys[:n_valid]
+        chosen["test"] += keys[n_valid:n_valid + n_test]
+        chosen["train"] += keys[n_valid + n_test:]
+    _ensure_nonempty(chosen, valid_fraction, test_fraction)
+    return {s: [ex for k in chosen[s] for ex in groups[k]] for s in SPLITS}
+
+
+def _ensure_nonempty(chosen: dict[str, list[str]], valid_fraction: float,
+                     test_fraction: float) -> None:
+    """mlx-lm reads the first row of each file, so no requested split may be empty."""
+    for split, fraction in (("valid", valid_fraction), ("test", test_fraction)):
+        if fraction > 0 and not chosen[split] and len(chosen["train"]) > 1:
+            chosen[split].append(chosen["train"].pop())
+    if not chosen["train"]:
+        raise ConfigError(None, "corpus", "too few distinct examples to fill a train split")
+
+
+@dataclass(frozen=True)
+class Mix:
+    requested: float
+    achieved: float
+    real_available: int
+    synthetic_available: int
+    real_used: int
+    synthetic_used: int
+
+    def as_dict(self) -> dict:
+        return {"requested": self.requested, "achieved": round(self.achieved, 4),
+                "real_available": self.real_available,
+                "synthetic_available": self.synthetic_available,
+                "real_used": self.real_used, "synthetic_used": self.synthetic_used}
+
+
+def _mix_counts(real: int, synthetic: int, ratio: float) -> tuple[int, int]:
+    """Down-sample the larger side so real / (real + synthetic) is `ratio`."""
+    if real == 0 or synthetic == 0:
+        return real, synthetic  # nothing to blend: keep what there is
+    if real / (real + synthetic) > ratio:
+        return max(1, min(real, round(synthetic * ratio / (1 - ratio)))), synthetic
+    return real, max(1, min(synthetic, round(real * (1 - ratio) / ratio)))
+
+
+def _sample(items: list[dict], n: int, rng: random.Random) -> list[dict]:
+    keep = sorted(rng.sample(range(len(items)), n))
+    return [items[i] for i in keep]
+
+
+def mix_train(train: list[dict], ratio: float, seed: int) -> tuple[list[dict], Mix]:
+    real = [e for e in train if e["source"] == REAL]
+    synthetic = [e for e in train if e["source"] != REAL]
+    n_real, n_syn = _mix_counts(len(real), len(synthetic), ratio)
+    rng = random.Random(f"mix-{seed}-{ratio}")
+    mixed = _sample(real, n_real, rng) + _sample(synthetic, n_syn, rng)
+    rng.shuffle(mixed)
+    total = n_real + n_syn
+    return mixed, Mix(ratio, n_real / total if total else 0.0, len(real), len(synthetic),
+                      n_real, n_syn)
