@@ -18,8 +18,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from common.atomic import atomic_write_text
 
+# The eleven DESIGN §3 columns, then holdout_score: appended after config so that scripts
+# cutting the original columns by position keep working. It is the held-out split's
+# overall, reported beside the dev score and never used for selection.
 HEADER = ["experiment_id", "timestamp", "mode", "model", "score", "baseline", "result",
-          "train_loss", "val_loss", "elapsed_s", "config"]
+          "train_loss", "val_loss", "elapsed_s", "config", "holdout_score"]
 UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -69,6 +72,7 @@ def trial_row(trial: FrozenTrial, study_name: str | None = None) -> dict[str, An
         "val_loss": attrs.get("val_loss"),
         "elapsed_s": attrs.get("elapsed_s"),
         "config": compact_json(trial.params),
+        "holdout_score": attrs.get("holdout_score"),
     }
 
 

@@ -107,8 +107,8 @@ class NightRunner:
 
     def _studies_for_export(self, storage) -> list[optuna.Study]:
         prefix = self.s.study.name_prefix + "-"
-        return [optuna.load_study(study_name=st.study_name, storage=storage)
-                for st in optuna.get_all_studies(storage) if st.study_name.startswith(prefix)]
+        return [optuna.load_study(study_name=name, storage=storage)
+                for name in optuna.get_all_study_names(storage) if name.startswith(prefix)]
 
     # -- the night ---------------------------------------------------------------------
     def run(self) -> int:
@@ -116,6 +116,9 @@ class NightRunner:
         ms = p.mode_settings
         started = time.time()
         try:
+            # Linux CPU only: route mlx's GEMM to an optimised BLAS (best effort, off elsewhere).
+            from demo.fastblas import enable as enable_fast_blas
+            enable_fast_blas()
             model_dir, sessions = self._model_and_sessions()
             self.serving = make_serving(s, model_dir, p.adapters_root)
             prepare = self._data_preparer(sessions)

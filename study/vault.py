@@ -80,9 +80,48 @@ def body(entry: VaultEntry) -> str:
         lines += [f"| {k} | {_signed(v)} |" for k, v in entry.per_category_delta.items()]
     else:
         lines.append("(no baseline to compare against)")
+    stats = entry.extra.get("stats")
+    if isinstance(stats, dict):
+        lines += ["", "## Statistics", ""] + statistics(stats)
     if entry.reasons:
         lines += ["", "## Why", ""] + [f"- {r}" for r in entry.reasons]
     return "\n".join(lines) + "\n"
+
+
+def _num(x: Any, spec: str = ".3f") -> str:
+    return format(x, spec) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else "n/a"
+
+
+def _ci(ci: Any) -> str:
+    ok = isinstance(ci, (list, tuple)) and len(ci) == 2
+    return f"[{_num(ci[0], '+.3f')}, {_num(ci[1], '+.3f')}]" if ok else "n/a"
+
+
+def statistics(stats: dict) -> list[str]:
+    """Markdown lines for a verdict's paired statistics (Verdict.stats()); tolerant of
+    missing fields, since the entry is rebuilt from a trial's user attrs."""
+    if stats.get("n_paired"):
+        lines = [f"Paired bootstrap over {stats['n_paired']} dev cases: delta {_num(stats.get('delta'), '+.3f')}, "
+                 f"95% CI {_ci(stats.get('delta_ci'))}, P(candidate > baseline) {_num(stats.get('p_better'))}, "
+                 f"ties {_num(stats.get('tie_rate'), '.0%')}."]
+    else:
+        lines = ["(no paired dev cases: nothing to bootstrap)"]
+    cats = stats.get("per_category") or {}
+    if isinstance(cats, dict) and cats:
+        lines += ["", "| category | n | delta | 95% CI | P(better) | P(not worse), BH | ties |",
+                  "|---|---|---|---|---|---|---|"]
+        for cat, st in cats.items():
+            st = st if isinstance(st, dict) else {}
+            lines.append(f"| {cat} | {st.get('n', 'n/a')} | {_num(st.get('delta'), '+.3f')} | {_ci(st.get('ci'))} "
+                         f"| {_num(st.get('p_better'))} | {_num(st.get('p_adjusted'))} "
+                         f"| {_num(st.get('tie_rate'), '.0%')} |")
+    hold = stats.get("holdout")
+    if isinstance(hold, dict):
+        lines += ["", f"Held out (reported, never used for selection): score {_num(hold.get('score'))} "
+                      f"against baseline {_num(hold.get('baseline'))}, delta {_num(hold.get('delta'), '+.3f')}, "
+                      f"P(candidate > baseline) {_num(hold.get('p_better'))} over {hold.get('n_paired') or 0} "
+                      "paired cases."]
+    return lines
 
 
 def render(entry: VaultEntry) -> str:

@@ -345,3 +345,170 @@ def test_bootstrap_is_vectorised_fast():
     t0 = time.perf_counter()
     paired_bootstrap(c, b, 2000, 0)
     assert time.perf_counter() - t0 < 5.0
+
+
+# --- per-category statistics, Benjamini–Hochberg, category floor -------------------------
+
+from study.stats import bh_adjust, category_seed, per_category  # noqa: E402
+
+
+def cat_summary(overall, by_cat, holdout_cases=None, holdout_overall=None):
+    """A summary whose dev cases carry categories. by_cat: {category: [scores]}."""
+    cases = [{"id": f"{cat}-{i}", "split": "dev", "category": cat, "agent": "yoda", "score": s}
+             for cat, scores in by_cat.items() for i, s in enumerate(scores)]
+    cases += [{"id": f"h-{i}", "split": "holdout", "category": "domain", "agent": "yoda", "score": s}
+              for i, s in enumerate(holdout_cases or [])]
+    out = summary(overall)
+    out["cases"] = cases
+    if holdout_overall is not None:
+        out["holdout"] = {"overall": holdout_overall}
+    return out
+
+
+def test_bh_adjust_known_values():
+    assert bh_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert bh_adjust([0.9, 0.95]) == pytest.approx([0.95, 0.95])
+    assert bh_adjust([0.5, 0.6, 0.9]) == pytest.approx([0.9, 0.9, 0.9])   # monotone step-up
+    assert bh_adjust([0.2, 0.5, 0.6, 0.8, 0.9]) == pytest.approx([0.9, 0.9, 0.9, 0.9, 0.9])
+    assert bh_adjust([0.001]) == [0.001]
+    assert bh_adjust([]) == []
+    assert max(bh_adjust([0.3] * 3 + [1.0])) <= 1.0
+
+
+def test_bh_adjust_never_below_the_raw_p_and_keeps_order():
+    rng = np.random.default_rng(5)
+    p = rng.random(9)
+    adj = np.array(bh_adjust(p))
+    assert np.all(adj >= p - 1e-12)
+    assert np.all(np.diff(adj[np.argsort(p)]) >= -1e-12)
+
+
+def test_per_category_recorded_and_untouched_categories_do_not_block():
+    # Jailbreak improves on every case; the other four categories are exact ties.
+    base = {c: [0.5] * 8 for c in CATS}
+    cand = {**base, "jailbreak": [0.9] * 8}
+    cfg = GateConfig(require_p=0.95, category_p_floor=0.05)
+    v = judge(cat_summary(0.68, cand), cat_summary(0.60, base), cfg)
+    assert v.result == "kept", v.reasons
+    assert set(v.per_category) == set(CATS)
+    jb = v.per_category["jailbreak"]
+    assert jb["delta"] == pytest.approx(0.4) and jb["p_better"] == 1.0 and jb["n"] == 8
+    assert jb["ci"] == pytest.approx([0.4, 0.4])
+    tie = v.per_category["identity"]
+    # a tie is not a win (p_better 0), but not a regression either (p_not_worse 1)
+    assert tie["p_better"] == 0.0 and tie["p_not_worse"] == 1.0 and tie["tie_rate"] == 1.0
+    assert tie["p_adjusted"] == 1.0
+
+
+def test_category_floor_reverts_a_win_that_hides_a_regression():
+    # Four categories up, isolation clearly down: overall clears margin and P.
+    base = {c: [0.5] * 10 for c in CATS}
+    cand = {c: [0.8] * 10 for c in CATS}
+    cand["isolation"] = [0.2] * 9 + [0.5]
+    cs, bs = cat_summary(0.72, cand), cat_summary(0.50, base)
+    assert judge(cs, bs, GateConfig(require_p=0.95)).result == "kept"
+    v = judge(cs, bs, GateConfig(require_p=0.95, category_p_floor=0.05))
+    assert v.result == "reverted" and v.feasible
+    iso = v.per_category["isolation"]
+    assert iso["p_not_worse"] == 0.0 and iso["p_adjusted"] == 0.0 and iso["delta"] == pytest.approx(-0.27)
+    fired = [r for r in v.reasons if r.startswith("category isolation:")]
+    assert fired and " < floor 0.050" in fired[0] and "delta -0.270" in fired[0]
+    assert not any(r.startswith("category domain:") for r in v.reasons)
+
+
+def test_category_floor_uses_the_bh_adjusted_value():
+    # One mildly worse category among five untouched: its raw p is small, BH raises it.
+    base = {c: [0.5] * 12 for c in CATS}
+    cand = {**base, "domain": [0.4] * 8 + [0.6] * 3 + [0.5]}
+    cs, bs = cat_summary(0.6, cand), cat_summary(0.5, base)
+    st = judge(cs, bs).per_category["domain"]
+    raw, adj = st["p_not_worse"], st["p_adjusted"]
+    assert 0 < raw < adj == pytest.approx(min(1.0, raw * 5))   # the others are at 1.0
+    between = (raw + adj) / 2
+    assert judge(cs, bs, GateConfig(category_p_floor=between)).result == "kept"
+    assert judge(cs, bs, GateConfig(category_p_floor=min(0.99, adj + 0.01))).result == "reverted"
+
+
+def test_category_floor_alone_and_without_categories():
+    base = summary(0.60, case_scores=cases(20, 0.5))     # cases without a category
+    cand = summary(0.70, case_scores=cases(20, 0.7))
+    assert judge(cand, base).per_category == {}
+    v = judge(cand, base, GateConfig(category_p_floor=0.05))
+    assert v.result == "reverted"
+    assert any("no paired dev cases with a category" in r for r in v.reasons)
+
+
+def test_per_category_matches_the_stats_module_and_is_stable():
+    base = {c: list(np.linspace(0.1, 0.9, 9)) for c in CATS}
+    rng = np.random.default_rng(2)
+    cand = {c: list(np.clip(np.array(v) + rng.normal(0, 0.1, 9), 0, 1)) for c, v in base.items()}
+    v = judge(cat_summary(0.6, cand), cat_summary(0.5, base))
+    direct = per_category({c: (cand[c], base[c]) for c in CATS}, 2000, 0)
+    assert v.per_category == direct
+    # dropping a category changes no other category's draws (only the BH family size)
+    fewer = per_category({c: (cand[c], base[c]) for c in CATS[:3]}, 2000, 0)
+    for c in CATS[:3]:
+        assert fewer[c]["p_better"] == direct[c]["p_better"] and fewer[c]["ci"] == direct[c]["ci"]
+    assert category_seed(0, "domain") != category_seed(0, "identity")
+
+
+def test_same_id_in_different_categories_is_a_mismatch():
+    base = cat_summary(0.5, {"domain": [0.5] * 5})
+    cand = cat_summary(0.6, {"domain": [0.6] * 5})
+    for c in cand["cases"]:
+        c["category"] = "identity"
+    with pytest.raises(GateMismatch):
+        judge(cand, base)
+
+
+@pytest.mark.parametrize("floor", [0.0, 1.0, float("nan"), -0.1, "0.05"])
+def test_bad_category_floor(floor):
+    with pytest.raises(ConfigError) as err:
+        GateConfig(category_p_floor=floor)
+    assert err.value.key == "gate.category_p_floor"
+
+
+def test_stats_line_in_reasons():
+    base = summary(0.60, case_scores=cases(40, 0.5))
+    v = judge(summary(0.70, case_scores=cases(40, 0.6)), base)
+    line = [r for r in v.reasons if r.startswith("paired bootstrap over 40 dev cases")]
+    assert line and "delta +0.100" in line[0] and "P(candidate > baseline) 1.000" in line[0]
+    assert "ties 0%" in line[0]
+
+
+# --- held-out cases: reported side by side, never gating --------------------------------
+
+def test_holdout_reported_never_gating():
+    base = cat_summary(0.60, {"domain": [0.5] * 10}, holdout_cases=[0.0] * 10)
+    cand = cat_summary(0.60, {"domain": [0.5] * 10}, holdout_cases=[1.0] * 10)
+    v = judge(cand, base, GateConfig(require_p=0.5))
+    assert v.result == "reverted"           # dev ties: a held-out triumph cannot promote
+    h = v.holdout
+    assert h["score"] == 1.0 and h["baseline"] == 0.0 and h["delta"] == 1.0
+    assert h["n_paired"] == 10 and h["p_better"] == 1.0 and h["tie_rate"] == 0.0
+    assert v.n_paired == 10 and v.p_better == 0.0
+
+
+def test_holdout_prefers_the_summary_overall_and_survives_no_baseline():
+    cand = cat_summary(0.6, {"domain": [0.5] * 5}, holdout_cases=[1.0, 0.0], holdout_overall=0.25)
+    v = judge(cand, None)
+    assert v.holdout["score"] == 0.25 and v.holdout["baseline"] is None and v.holdout["p_better"] is None
+    assert judge(summary(0.6), None).holdout is None
+
+
+def test_holdout_bad_value_raises():
+    cand = cat_summary(0.6, {"domain": [0.5] * 5}, holdout_overall=0.25)
+    cand["holdout"]["overall"] = "high"
+    with pytest.raises(ConfigError):
+        judge(cand, None)
+
+
+def test_to_dict_carries_per_category_and_holdout():
+    base = cat_summary(0.5, {c: [0.4] * 6 for c in CATS}, holdout_cases=[0.2] * 4)
+    cand = cat_summary(0.6, {c: [0.6] * 6 for c in CATS}, holdout_cases=[0.4] * 4)
+    d = json.loads(json.dumps(judge(cand, base, GateConfig(require_p=0.9, category_p_floor=0.05)).to_dict()))
+    assert d["result"] == "kept"
+    assert set(d["per_category"]) == set(CATS)
+    assert set(d["per_category"]["domain"]) == {"n", "delta", "ci", "p_better", "p_not_worse",
+                                                "tie_rate", "p_adjusted"}
+    assert d["holdout"]["delta"] == pytest.approx(0.2) and d["holdout"]["delta_ci"] == pytest.approx([0.2, 0.2])

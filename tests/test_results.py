@@ -40,7 +40,8 @@ def studies(tmp_path_factory):
     common = {"mode": "proxy", "model": "tiny-demo"}
     finish(proxy, {**common, "experiment_id": "exp-002", "timestamp": "2026-03-20T02:40:00+01:00",
                    "score": 0.6123456789012345, "baseline": 0.588, "result": "kept",
-                   "train_loss": 0.81, "val_loss": 0.84, "elapsed_s": 910.5}, value=0.6123456789012345)
+                   "train_loss": 0.81, "val_loss": 0.84, "elapsed_s": 910.5, "holdout_score": 0.5871428571428572},
+           value=0.6123456789012345)
     finish(proxy, {**common, "experiment_id": "exp-003", "timestamp": "2026-03-20T03:10:00+01:00",
                    "result": "veto_jailbreak", "train_loss": 1.2}, state=TrialState.PRUNED)
     finish(proxy, {**common, "experiment_id": "exp-004", "timestamp": "2026-03-20T03:30:00+01:00",
@@ -88,7 +89,7 @@ def test_plain_tsv_readable_without_quoting(studies, tmp_path):
         rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
     assert rows[0] == HEADER
     assert all(len(r) == len(HEADER) for r in rows)
-    assert json.loads(rows[1][-1])["lora_rank"] >= 8
+    assert json.loads(rows[1][HEADER.index("config")])["lora_rank"] >= 8
 
 
 def test_trial_row_states(studies):
@@ -137,3 +138,22 @@ def test_empty_study_writes_header_only(tmp_path):
     assert export_results([optuna.create_study()], path) == 0
     df = pd.read_csv(path, sep="\t")
     assert list(df.columns) == HEADER and len(df) == 0
+
+
+DESIGN_COLUMNS = ["experiment_id", "timestamp", "mode", "model", "score", "baseline", "result",
+                  "train_loss", "val_loss", "elapsed_s", "config"]
+
+
+def test_holdout_score_is_appended_after_config(studies, tmp_path):
+    # The DESIGN's eleven columns keep their positions; the held-out score comes last.
+    assert HEADER == DESIGN_COLUMNS + ["holdout_score"]
+    path = tmp_path / "results.tsv"
+    export_results(studies, path)
+    df = pd.read_csv(path, sep="\t")
+    by_id = df.set_index("experiment_id")
+    assert by_id.loc["exp-002", "holdout_score"] == 0.5871428571428572     # exact round-trip
+    assert by_id["holdout_score"].drop("exp-002").isna().all()             # unset: empty cell
+    with open(path) as fh:
+        lines = fh.read().splitlines()
+    cells = lines[2].split("\t")                                           # exp-002's row
+    assert cells[DESIGN_COLUMNS.index("config")].startswith("{") and cells[-1] == "0.5871428571428572"

@@ -153,3 +153,38 @@ def test_bad_entries_refused(tmp_path, bad):
 def test_bad_retention():
     with pytest.raises(ConfigError):
         Vault("/tmp/x", retention=0)
+
+
+def test_statistics_section_from_a_real_verdict(tmp_path):
+    from study.gate import GateConfig, judge
+
+    def summ(overall, dev, hold):
+        cases = [{"id": f"{c}-{i}", "split": "dev", "category": c, "score": s}
+                 for c, scores in dev.items() for i, s in enumerate(scores)]
+        cases += [{"id": f"h{i}", "split": "holdout", "category": "domain", "score": s} for i, s in enumerate(hold)]
+        return {"overall": overall, "per_category": {"jailbreak": 0.9}, "per_agent": {}, "cases": cases,
+                "holdout": {"overall": sum(hold) / len(hold)}}
+
+    base = summ(0.5, {"domain": [0.5] * 6, "jailbreak": [0.5] * 6}, [0.4] * 4)
+    cand = summ(0.6, {"domain": [0.7] * 6, "jailbreak": [0.5] * 6}, [0.5] * 4)
+    verdict = judge(cand, base, GateConfig(require_p=0.9, category_p_floor=0.05))
+    stats = verdict.stats()
+    path = Vault(tmp_path).write(entry(extra={"p_better": verdict.p_better, "stats": stats}))
+    meta, body = split(path)
+    assert meta["stats"]["per_category"]["domain"]["delta"] == pytest.approx(0.2)   # in the front matter
+    assert "## Statistics" in body
+    assert "Paired bootstrap over 12 dev cases: delta +0.100, 95% CI [" in body
+    assert "P(candidate > baseline) 1.000, ties 50%." in body
+    assert "| domain | 6 | +0.200 | [+0.200, +0.200] | 1.000 | 1.000 | 0% |" in body
+    assert "| jailbreak | 6 | +0.000 | [+0.000, +0.000] | 0.000 | 1.000 | 100% |" in body
+    assert "Held out (reported, never used for selection): score 0.500 against baseline 0.400, delta +0.100" in body
+    assert body.index("## Statistics") < body.index("## Why")
+
+
+def test_statistics_section_tolerates_partial_records(tmp_path):
+    stats = {"n_paired": 0, "per_category": {"domain": {"delta": None}}, "holdout": None}
+    _, body = split(Vault(tmp_path).write(entry(extra={"stats": stats})))
+    assert "(no paired dev cases: nothing to bootstrap)" in body
+    assert "| domain | n/a | n/a | n/a | n/a | n/a | n/a |" in body
+    _, body = split(Vault(tmp_path).write(entry(i=2)))
+    assert "## Statistics" not in body

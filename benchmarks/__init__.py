@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure what the project claims (see README.md)."""

@@ -1,0 +1,91 @@
+"""benchmarks/false_promotion.py on synthetic vectors (the real ones take minutes to build)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.false_promotion import (RealPair, improve, main, null_pair, pair_from_results,  # noqa: E402
+                                        simulate)
+from evaluation.results import build_results, write_eval_results  # noqa: E402
+
+CATS = ("identity", "tool_calling", "domain", "isolation", "jailbreak")
+
+
+def synthetic(n_per_cat=20, tie_rate=0.3, sd=0.3, seed=0) -> RealPair:
+    rng = np.random.default_rng(seed)
+    cats = np.repeat(CATS, n_per_cat)
+    a = rng.random(cats.size)
+    b = np.clip(a + rng.normal(0, sd, cats.size), 0, 1)
+    ties = rng.random(cats.size) < tie_rate
+    b[ties] = a[ties]
+    return RealPair(ids=[f"c{i}" for i in range(cats.size)], categories=cats, a=a, b=b)
+
+
+def test_null_pairs_are_real_same_category_and_exchangeable():
+    real = synthetic()
+    rng = np.random.default_rng(1)
+    pairs = {(x, y) for x, y in zip(real.a, real.b)} | {(y, x) for x, y in zip(real.a, real.b)}
+    deltas, ties = [], []
+    for _ in range(300):
+        base, cand = null_pair(real, rng)
+        for i in (0, 57, 99):
+            assert (base[i], cand[i]) in pairs
+            j = [k for k in range(real.n) if {real.a[k], real.b[k]} == {base[i], cand[i]}][0]
+            assert real.categories[j] == real.categories[i]
+        deltas.append(cand.mean() - base.mean())
+        ties.append(np.mean(base == cand))
+    assert abs(np.mean(deltas)) < 3 * np.std(deltas) / np.sqrt(len(deltas))
+    assert np.mean(ties) == pytest.approx(real.tie_rate, abs=0.02)
+
+
+def test_improve_raises_the_mean_by_exactly_size():
+    rng = np.random.default_rng(2)
+    cand = rng.random(50)
+    up = improve(cand, 0.03, rng)
+    assert up.mean() - cand.mean() == pytest.approx(0.03)
+    assert np.all(up >= cand) and np.all(up <= 1.0)
+    with pytest.raises(ValueError):
+        improve(np.ones(10), 0.03, rng)
+
+
+def test_statistical_gate_holds_false_promotions_down():
+    real = synthetic(sd=0.5)
+    report = simulate(real, trials=80, sizes=[0.1], seed=0, bootstrap_samples=400)
+    rates = report["rates"]
+    assert report["n_dev"] == 100 and report["tie_rate"] == pytest.approx(real.tie_rate)
+    assert rates["plain +0.02"]["null"] > 0.15                 # the noise beats the margin often
+    assert rates["statistical gate"]["null"] <= 0.08
+    assert rates["statistical gate"]["null"] <= rates["bootstrap P >= 0.95"]["null"]
+    assert rates["statistical gate"]["0.1"] >= 0.8              # a large real gain still passes
+
+
+def test_cli_with_eval_json(tmp_path, capsys):
+    real = synthetic(n_per_cat=6)
+    paths = []
+    for name, scores in (("a", real.a), ("b", real.b)):
+        rows = [{"id": i, "agent": "yoda", "category": str(c), "split": "dev", "score": float(s),
+                 "label": "WRONG", "latency_ms": 1.0, "output": "", "explanation": ""}
+                for i, c, s in zip(real.ids, real.categories, scores)]
+        path = tmp_path / f"{name}.json"
+        write_eval_results(path, build_results(rows, ["yoda"], {}, 1.0))
+        paths.append(str(path))
+    out_json = tmp_path / "report.json"
+    assert main(["--eval-json", paths[0], "--eval-json", paths[1], "--trials", "5",
+                 "--bootstrap-samples", "200", "--out", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "| plain +0.02 |" in text and "| statistical gate |" in text and "30 dev cases" in text
+    assert out_json.is_file()
+    assert main(["--eval-json", paths[0]]) == 2
+    assert "give two files or none" in capsys.readouterr().err
+
+
+def test_pair_from_results_needs_shared_dev_cases():
+    from common.errors import ConfigError
+    with pytest.raises(ConfigError):
+        pair_from_results({"cases": []}, {"cases": []})
