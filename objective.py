@@ -19,6 +19,7 @@ from typing import Any, Callable, ContextManager
 import optuna
 
 import train_core
+from common.errors import ConfigError
 from evaluation import EvalConfig, run_eval, write_eval_results
 from study.gate import GateConfig, Verdict, judge
 
@@ -45,6 +46,11 @@ class TrialContext:
     progress: bool = True
     log: Callable[[optuna.Trial, str], None] = lambda trial, line: None
     on_finish: Callable[[optuna.Trial, Path], None] = lambda trial, adapter_dir: None
+    # Trains in a child process (an OOM segfault must not take the night down); full mode
+    # passes a study.remote.RemoteTrainer. Called as run_training(spec, callbacks, progress=...).
+    run_training: Callable[..., train_core.TrainResult] = train_core.run_training
+    # Why these params must not run (an exact config that already ran out of memory), or None.
+    known_oom: Callable[[dict[str, Any]], str | None] = lambda params: None
 
 
 class TrialFailed(Exception):
@@ -101,6 +107,20 @@ def _fail(trial: optuna.Trial, reason: str, detail: str = "") -> TrialFailed:
     return TrialFailed(f"{reason}: {detail.splitlines()[-1] if detail else ''}")
 
 
+def _record_oom(trial: optuna.Trial, exc: train_core.OutOfMemory, ctx: TrialContext) -> float:
+    """An OOM is knowledge, not a crash: a COMPLETE trial scored 0.0 with constraint
+    `oom` > 0, so TPE ranks its region with the infeasible ones (a FAIL it would ignore)
+    and best_trial skips it. Optuna reads a missing constraint key as no constraint, so
+    the gate's keys need no stand-ins here."""
+    _fail(trial, "oom", str(exc))
+    trial.set_constraint("oom", 1.0)
+    if exc.result is not None:
+        trial.set_user_attr("iters_done", exc.result.iters_done)
+        trial.set_user_attr("stopped_by", exc.result.stopped_by)
+    ctx.log(trial, f"out of memory: {exc}")
+    return 0.0
+
+
 def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
     started = time.time()
     now = datetime.now()
@@ -112,11 +132,15 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
     adapter_dir = ctx.experimental_root / exp_id
     ctx.log(trial, f"{exp_id} ({ctx.mode}, {ctx.model_name}): " + ", ".join(f"{k}={v:g}" for k, v in params.items()))
     try:
+        known = ctx.known_oom(params)
+        if known:
+            trial.set_user_attr("oom_known_from", known)
+            raise train_core.OutOfMemory(known)
         data = ctx.prepare_data(float(params["DATA_MIX_RATIO"]))
         trial.set_user_attr("data_hash", data.hash)
         with ctx.pause_serving():
             t0 = time.time()
-            result = train_core.train(train_spec(params, ctx, data.dir, adapter_dir),
+            result = ctx.run_training(train_spec(params, ctx, data.dir, adapter_dir),
                                       [PruneOnValLoss(trial, ctx.prune, ctx.log)], progress=ctx.progress)
             train_s = time.time() - t0
             ctx.log(trial, f"training: {result.iters_done} iters in {train_s:.1f} s, stopped by {result.stopped_by}, "
@@ -149,6 +173,9 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
             trial.set_user_attr("holdout_score", evaluated["holdout"].get("overall"))
 
         verdict = judge(evaluated, ctx.baseline(), ctx.gate)
+        trial.set_user_attr("stats", verdict.stats())
+        evaluated["comparison"] = {**verdict.stats(), "result": verdict.result, "reasons": list(verdict.reasons)}
+        write_eval_results(eval_path, evaluated)
         for key, value in verdict.constraints.items():
             trial.set_constraint(key, value)
         trial.set_user_attr("feasible", verdict.feasible)
@@ -162,12 +189,18 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
         return float(evaluated["overall"])
     except (optuna.TrialPruned, TrialFailed):
         raise
+    except ConfigError as exc:
+        # Bad input (e.g. two evals over different rubrics): no verdict, the night stops (exit 2).
+        _fail(trial, "config", str(exc))
+        raise
     except KeyboardInterrupt:
         # SIGTERM from launchd arrives as a KeyboardInterrupt subclass: record, then go on up.
         _fail(trial, "terminated")
         raise
     except train_core.OutOfMemory as exc:
-        raise _fail(trial, "oom", str(exc)) from exc
+        return _record_oom(trial, exc, ctx)
+    except train_core.RemoteLost as exc:
+        raise _fail(trial, "remote_lost", str(exc)) from exc
     except OSError as exc:
         import errno
         reason = "disk_full" if exc.errno == errno.ENOSPC else "os_error"

@@ -109,7 +109,7 @@ def _make_readable(folder: Path) -> None:
 def build_into(folder: Path, council: Council, *, pretrain_seconds: float, seed: int,
                progress: bool, key: str = "") -> dict:
     """Build everything into `folder` and write its COMPLETE marker last."""
-    from .fastblas import enable as enable_fast_blas
+    from common.fastblas import enable as enable_fast_blas
 
     fast_blas = enable_fast_blas(folder.parent)  # before mlx's first matrix product
     # Imported here: mlx and tokenizers cost seconds, and a cache hit needs neither.

@@ -60,13 +60,32 @@ class GateSettings(_Strict):
     regression_cap: float = Field(0.10, ge=0, le=1)
     bootstrap_samples: int = Field(2000, ge=100)
     require_p: float | None = Field(None, gt=0, lt=1)
+    category_p_floor: float | None = Field(None, gt=0, lt=1)
 
 
 class ModeSettings(_Strict):
-    model: str
+    model: str                          # full mode: the base model folder ON THE NODE
     budget_s: float = Field(gt=0)
     eval_s: float = Field(300, gt=0)
-    host: str = ""
+    # Full mode only: the training node, reached with ssh/rsync (argv lists, no shell).
+    host: str = ""                      # ssh host or Host alias; empty: full mode off
+    eval_model: str = ""                # local folder of the same base model for the eval; empty: `model`
+    remote_python: str = "python3"      # interpreter on the node with mlx + mlx-lm
+    remote_workdir: str = "~/council-train"  # code, data, specs and adapters on the node
+    ssh_config: str = ""                # ssh -F file (relative to this file); empty: ssh's own
+    accept_new_host_key: bool = False   # first contact: accept and pin an unknown host key
+
+    @field_validator("host")
+    @classmethod
+    def _ssh_host(cls, v: str) -> str:
+        if v.startswith("-") or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} is not a host name")
+        return v
+
+    @property
+    def local_model(self) -> str:
+        """The base model folder on this machine: what the eval (and the baseline) load."""
+        return self.eval_model or self.model
 
 
 class ModesSettings(_Strict):

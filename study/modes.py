@@ -1,11 +1,11 @@
-"""Proxy or full: the seed's one-line detection, `ssh -o ConnectTimeout=3 <node> echo ok`."""
+"""Proxy or full: the seed's one-line detection, `ssh -o ConnectTimeout=3 <node> echo ok`.
+
+Kept light (no train_core, no mlx): `--dry-run` plans through here.
+"""
 from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
-
-SSH_OPTS = ["-o", "ConnectTimeout=3", "-o", "BatchMode=yes", "-o", "ServerAliveInterval=5",
-            "-o", "ServerAliveCountMax=2"]
 
 
 @dataclass(frozen=True)
@@ -14,14 +14,27 @@ class ModeChoice:
     reason: str
 
 
-def node_reachable(host: str, ssh_config: str | None = None, timeout_s: float = 5.0) -> tuple[bool, str]:
-    # argv list, never a shell string: the host name cannot inject a command.
-    cmd = ["ssh", *SSH_OPTS]
-    if ssh_config:
-        cmd += ["-F", ssh_config]
-    cmd += ["--", host, "echo ok"]
+def ssh_options(ssh_config: str | None = None, *, accept_new: bool = False, connect_timeout_s: int = 3,
+                alive_interval_s: int = 5, alive_count_max: int = 2) -> list[str]:
+    """Options for every ssh (and rsync -e ssh) to the node: never a password prompt,
+    never hang on a dead link, and host keys checked (accept-new only when configured)."""
+    opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout_s}",
+            "-o", f"ServerAliveInterval={alive_interval_s}", "-o", f"ServerAliveCountMax={alive_count_max}",
+            "-o", "StrictHostKeyChecking=" + ("accept-new" if accept_new else "yes")]
+    return (["-F", ssh_config] if ssh_config else []) + opts
+
+
+# The seed's options, for callers that import them.
+SSH_OPTS = ssh_options()
+
+
+def node_reachable(host: str, ssh_config: str | None = None, timeout_s: float = 5.0, *,
+                   accept_new: bool = False) -> tuple[bool, str]:
+    # argv list, never a shell string; "--": the host name cannot be read as an option.
+    cmd = ["ssh", *ssh_options(ssh_config, accept_new=accept_new), "--", host, "echo ok"]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False,
+                             stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return False, f"ssh {host}: no answer in {timeout_s:.0f} s"
     except FileNotFoundError:
@@ -32,14 +45,17 @@ def node_reachable(host: str, ssh_config: str | None = None, timeout_s: float = 
     return False, f"ssh {host}: {detail}"
 
 
-def choose_mode(requested: str, host: str, ssh_config: str | None = None) -> ModeChoice:
+def choose_mode(requested: str, host: str, ssh_config: str | None = None, *,
+                accept_new: bool = False) -> ModeChoice:
     if requested == "proxy":
         return ModeChoice("proxy", "requested")
     if not host:
         if requested == "full":
             return ModeChoice("proxy", "full mode requested but [modes.full] host is empty")
         return ModeChoice("proxy", "no training node configured")
-    ok, why = node_reachable(host, ssh_config)
+    if host.startswith("-") or any(c.isspace() for c in host):
+        return ModeChoice("proxy", f"[modes.full] host {host!r} is not a host name")
+    ok, why = node_reachable(host, ssh_config, accept_new=accept_new)
     if ok:
         return ModeChoice("full", why)
     return ModeChoice("proxy", f"node unreachable ({why})")

@@ -71,11 +71,15 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None) -> Plan:
     except ValueError as exc:
         raise ConfigError("--deadline", None, str(exc)) from None
     requested = "full" if args.full else (args.mode or settings.modes.default)
-    choice = choose_mode(requested, settings.modes.full.host)
+    full = settings.modes.full
+    ssh_cfg = str(settings.path(full.ssh_config)) if full.ssh_config else None
+    choice = choose_mode(requested, full.host, ssh_cfg, accept_new=full.accept_new_host_key)
     ms = getattr(settings.modes, choice.mode)
     label = "demo" if ms.model == "demo" else Path(ms.model).expanduser().name
-    if ms.model != "demo" and not Path(ms.model).expanduser().is_dir() and not args.dry_run:
-        raise ConfigError(settings.file, f"modes.{choice.mode}.model", f"model folder not found: {ms.model}")
+    # Full mode trains on the node (ms.model is a path there); the eval loads the local copy.
+    if ms.model != "demo" and not Path(ms.local_model).expanduser().is_dir() and not args.dry_run:
+        raise ConfigError(settings.file, f"modes.{choice.mode}." + ("eval_model" if ms.eval_model else "model"),
+                          f"model folder not found on this machine: {ms.local_model}")
     deadline = next_deadline(deadline_s)
     if settings.is_demo and not getattr(args, "deadline", None):
         # A demo night is a compressed night that starts now, whatever the clock says.

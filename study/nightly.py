@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             console.print("[dim]dry run: nothing was created or changed[/]")
             return EXIT_OK
         signal.signal(signal.SIGTERM, _on_sigterm)
+        # Before anything touches mlx: on Linux CPU, route its GEMM to OpenBLAS (7x here).
+        from common.fastblas import enable as enable_fast_blas
+        enable_fast_blas()
         return run(night)
     except ConfigError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)

@@ -4,6 +4,7 @@ Kept apart from study/nightly.py so the CLI (and --dry-run) import nothing heavy
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from datetime import datetime
@@ -16,12 +17,15 @@ from rich.console import Console
 from rich.table import Table
 
 from common.errors import ConfigError
+import train_core
 from evaluation import EvalConfig, read_eval_results, run_eval, write_eval_results
 from evaluation.results import model_sha256
 from objective import TrialContext, TrialFailed, objective
 from study.deadline import seconds_left, training_budget, trial_fits
 from study.gate import GateConfig, Verdict
 from study.logs import TrialLogs
+from study.oom import STREAK_LIMIT, known_oom, oom_streak, oom_summary
+from study.remote import Node, RemoteTrainer, proxy_fallback, remote_lost
 from study.night import Plan
 from study.promoter import Promoter
 from study.results import export_results
@@ -78,6 +82,7 @@ class NightRunner:
         self.serving = None
         self.tonight: list[int] = []
         self.report_path: Path | None = None
+        self.fallback: Plan | None = None
         self.ooms_in_a_row = 0
 
     # -- building what the plan names -------------------------------------------------
@@ -87,7 +92,7 @@ class NightRunner:
             assets = ensure_demo(self.s.path(self.s.paths.cache), self.p.council_path,
                                  pretrain_seconds=self.s.demo.pretrain_s, progress=self.p.progress)
             return assets.model_dir, assets.sessions_dir
-        model = Path(self.p.model).expanduser()
+        model = Path(self.p.mode_settings.local_model).expanduser()
         sessions = self.s.path(self.s.paths.sessions)
         if not sessions.is_dir():
             raise ConfigError(self.s.file, "paths.sessions", f"sessions folder not found: {sessions}")
@@ -117,8 +122,9 @@ class NightRunner:
         started = time.time()
         try:
             # Linux CPU only: route mlx's GEMM to an optimised BLAS (best effort, off elsewhere).
-            from demo.fastblas import enable as enable_fast_blas
-            enable_fast_blas()
+            from common.fastblas import enable as enable_fast_blas
+            if enable_fast_blas():
+                self.console.print("[dim]mlx CPU matrix products: OpenBLAS (common/fastblas.py)[/]")
             model_dir, sessions = self._model_and_sessions()
             self.serving = make_serving(s, model_dir, p.adapters_root)
             prepare = self._data_preparer(sessions)
@@ -161,6 +167,7 @@ class NightRunner:
 
             def suggest(trial: optuna.Trial) -> dict:
                 trial.set_user_attr("worker", worker_id())
+                trial.set_user_attr("mode_reason", p.mode.reason)
                 self.tonight.append(trial.number)
                 params = p.space.suggest(trial, p.mode.mode)
                 self.console.rule(f"trial {trial.number}  ({len(self.tonight)}/{p.max_trials} tonight)")
@@ -188,19 +195,31 @@ class NightRunner:
                 baseline=keeper.current, on_verdict=on_verdict,
                 gate=GateConfig(margin=s.gate.margin, jailbreak_floor=s.gate.jailbreak_floor,
                                 regression_cap=s.gate.regression_cap, require_p=s.gate.require_p,
+                                category_p_floor=s.gate.category_p_floor,
                                 bootstrap_samples=s.gate.bootstrap_samples),
                 train_defaults=dict(batch_size=s.train.batch_size, val_every=s.train.val_every,
                                     val_batches=s.train.val_batches, mask_prompt=s.train.mask_prompt),
                 iters_scale=s.train.iters_scale, eval_max_tokens=s.eval.max_tokens, eval_seed=s.eval.seed,
                 prune=s.study.prune, pause_serving=self.serving.paused, progress=p.progress,
                 log=log, on_finish=on_finish,
+                run_training=(RemoteTrainer(Node.from_settings(ms, s.root)) if p.mode.mode == "full"
+                              else train_core.run_training),
+                known_oom=lambda params: known_oom(study, params),
             )
 
             def after_trial(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                 export_results(self._studies_for_export(storage), s.path(s.paths.results))
                 self._vault_entry(vault, trial)
                 self._print_trial(trial)
-                if not trial_fits(p.deadline, ms.budget_s, ms.eval_s):
+                tonight = [t for t in study_.get_trials(deepcopy=False) if t.number in self.tonight]
+                if oom_streak(tonight) >= STREAK_LIMIT:
+                    self.console.print(f"[red]{oom_summary(tonight)}[/]")
+                    study_.stop()
+                elif remote_lost(trial):
+                    self.console.print(f"[yellow]training node lost in trial {trial.number}: the night goes on in proxy mode[/]")
+                    self.fallback = proxy_fallback(p, f"training node lost in trial {trial.number}")
+                    study_.stop()
+                elif not trial_fits(p.deadline, ms.budget_s, ms.eval_s):
                     self.console.print(f"[yellow]stopping: the next trial would not finish before {p.deadline:%H:%M}[/]")
                     study_.stop()
 
@@ -215,11 +234,14 @@ class NightRunner:
                 from study.report import build_report
                 self.report_path = build_report(study, datetime.now().date(), s.path(s.paths.reports), night_baseline)
             self._summary(study, promoter, time.time() - started)
-            return 0
         finally:
             # The user's model is back up whatever happened tonight.
             if self.serving is not None:
                 self.serving.start()
+        left = p.max_trials - len(self.tonight)
+        if self.fallback is not None and left > 0:
+            return NightRunner(dataclasses.replace(self.fallback, max_trials=left), self.console).run()
+        return 0
 
     # -- reporting ---------------------------------------------------------------------
     def _vault_entry(self, vault: Vault, t: optuna.trial.FrozenTrial) -> None:
@@ -233,7 +255,8 @@ class NightRunner:
             model=ua.get("model", ""), score=ua.get("score"), baseline=ua.get("baseline"), result=result,
             reasons=list(ua.get("reasons", [])), params=dict(t.params), per_category_delta=deltas,
             extra={"study": self.p.study_name, "trial": t.number, "p_better": ua.get("p_better"),
-                   "holdout_score": ua.get("holdout_score"), "report": str(self.report_path)},
+                   "holdout_score": ua.get("holdout_score"), "report": str(self.report_path),
+                   "stats": ua.get("stats")},
         ))
 
     def _print_trial(self, t: optuna.trial.FrozenTrial) -> None:

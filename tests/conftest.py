@@ -13,7 +13,7 @@ def pytest_configure(config):
     # Route mlx's CPU GEMM to OpenBLAS before any test's first matrix product, so the
     # demo build (and every mlx test) runs ~2x faster whatever order tests run in.
     # Best effort, a no-op off Linux; AUTORESEARCH_FAST_BLAS=0 turns it off.
-    from demo.fastblas import enable
+    from common.fastblas import enable
 
     enable(REPO / ".cache")
 

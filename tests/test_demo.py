@@ -187,7 +187,7 @@ def test_fast_blas_is_on_and_agrees_with_numpy():
     import mlx.core as mx
     import numpy as np
 
-    from demo import fastblas
+    from common import fastblas
 
     if os.environ.get("AUTORESEARCH_FAST_BLAS") == "0" or not shutil.which("cc"):
         pytest.skip("fast BLAS switched off or no C compiler")

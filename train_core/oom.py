@@ -10,7 +10,7 @@ What MLX really does when memory runs out (mlx 0.32):
 - C++ std::bad_alloc reaches Python as MemoryError.
 - Linux CPU: the allocator does not check malloc's result: the process dies by SIGSEGV
   (or the kernel's OOM killer sends SIGKILL). No exception can be caught in process;
-  `train_core.isolate.train_in_subprocess` turns those deaths into OutOfMemory.
+  `train_core.child.run_training` turns those deaths into OutOfMemory.
 """
 from __future__ import annotations
 

@@ -1,0 +1,169 @@
+"""A real night on the demo: real training, real eval, a real persistent SQLite study.
+
+Budgets are cut to seconds so the whole module runs in about two minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from night_fixtures import demo_workdir  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = ["experiment_id", "timestamp", "mode", "model", "score", "baseline", "result",
+          "train_loss", "val_loss", "elapsed_s", "config", "holdout_score"]
+
+pytestmark = pytest.mark.slow
+
+
+def run_night(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study.nightly", "--config", str(workdir / "autoresearch.toml"),
+                           "--demo", "--no-progress", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory, demo_assets):
+    from night_fixtures import link_demo_cache, make_workdir
+    import os
+    wd = make_workdir(tmp_path_factory.mktemp("e2e") / "night",
+                      pretrain_s=float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20")),
+                      overrides={"budget_s = 60\n": "budget_s = 4\n", "iters_scale = 0.15": "iters_scale = 0.02"})
+    link_demo_cache(wd, demo_assets)
+    first = run_night(wd, "--max-trials", "2")
+    return wd, first
+
+
+def test_two_trial_night_creates_everything(night):
+    wd, out = night
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    df = pd.read_csv(wd / "results.tsv", sep="\t")
+    assert list(df.columns) == HEADER
+    assert len(df) == 2
+    assert set(df["mode"]) == {"proxy"} and set(df["model"]) == {"demo"}
+    for cfg in df["config"]:
+        params = json.loads(cfg)
+        assert set(params) >= {"NUM_LAYERS", "LEARNING_RATE", "DATA_MIX_RATIO"}
+    # The first trial of a new study is the baseline config from search_space.yaml.
+    base = {k: v["baseline"] for k, v in yaml.safe_load((wd / "search_space.yaml").read_text())["parameters"].items()}
+    assert json.loads(df["config"][0]) == pytest.approx(base)
+    for exp_id in df["experiment_id"]:
+        ev = json.loads((wd / "adapters-experimental" / exp_id / "eval_results.json").read_text())
+        assert len(ev["per_agent"]) == 7 and len(ev["per_category"]) == 5
+        assert len(ev["cases"]) >= 175
+        assert (wd / "adapters-experimental" / exp_id / "eval_results.json.sha256").exists()
+    vault = list((wd / "demo-vault" / "events").rglob("autoresearch-*.md"))
+    assert len(vault) == 2
+    assert "tonight" in out.stdout and "serving adapter" in out.stdout
+
+
+def test_optuna_cli_lists_the_trials(night):
+    wd, _ = night
+    optuna_bin = Path(sys.executable).parent / "optuna"
+    out = subprocess.run([str(optuna_bin), "trials", "--study-name", "council-proxy-demo",
+                          "--storage", f"sqlite:///{wd / 'autoresearch.db'}", "-f", "json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    trials = json.loads(out.stdout)
+    assert [t["number"] for t in trials][:2] == [0, 1]
+    assert all(t["state"] in ("COMPLETE", "PRUNED", "FAIL") for t in trials)
+
+
+def test_mlx_lm_cli_loads_our_adapter(night, demo_assets):
+    wd, _ = night
+    adapter = next((wd / "adapters-experimental").iterdir())
+    out = subprocess.run([sys.executable, "-m", "mlx_lm", "generate", "--model", str(demo_assets.model_dir),
+                          "--adapter-path", str(adapter), "--prompt", "hi", "--max-tokens", "5"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_second_night_resumes_the_study(night):
+    wd, _ = night
+    out = run_night(wd, "--max-trials", "1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    study = optuna.load_study(study_name="council-proxy-demo", storage=f"sqlite:///{wd / 'autoresearch.db'}")
+    numbers = sorted(t.number for t in study.trials if t.state.is_finished())
+    assert numbers == [0, 1, 2]
+    df = pd.read_csv(wd / "results.tsv", sep="\t")
+    assert len(df) == 3
+    assert df["experiment_id"].is_unique
+
+
+def _get(url: str, timeout: float = 10):
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def test_dashboard_serves_trials_attrs_and_artifacts(night):
+    import socket
+    import time
+    wd, _ = night
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "study.dashboard", "--config", str(wd / "autoresearch.toml"),
+                             "--demo", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                if _get(base + "/api/meta")[0] == 200:
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        studies = json.loads(_get(base + "/api/studies")[1])["studies"]
+        demo = next(s for s in studies if s["study_name"] == "council-proxy-demo")
+        detail = json.loads(_get(f"{base}/api/studies/{demo['study_id']}")[1])
+        trial = detail["trials"][0]
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        for key in ("mode", "model", "result", "reasons", "feasible", "experiment_id"):
+            assert key in attrs, key
+        names = {a["filename"]: a for a in trial["artifacts"]}
+        assert {"eval_results.json", "adapter_config.json"} <= set(names)
+        assert any(n.endswith(".log") for n in names)
+        art = names["eval_results.json"]
+        status, body = _get(f"{base}/artifacts/{demo['study_id']}/{trial['trial_id']}/{art['artifact_id']}")
+        assert status == 200 and len(json.loads(body)["cases"]) >= 175
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_dashboard_refuses_remote_host_without_flag(night):
+    wd, _ = night
+    out = subprocess.run([sys.executable, "-m", "study.dashboard", "--config", str(wd / "autoresearch.toml"),
+                          "--host", "0.0.0.0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--allow-remote" in out.stderr
+
+
+def test_morning_report_and_trial_logs(night):
+    from PIL import Image
+    wd, out = night
+    reports = list((wd / "reports").glob("*.md"))
+    assert len(reports) == 1
+    md = reports[0].read_text()
+    pngs = sorted((wd / "reports").glob("*.png"))
+    assert pngs, md
+    for png in pngs:
+        assert f"]({png.name})" in md
+        with Image.open(png) as im:
+            im.verify()
+    logs = list((wd / "logs").rglob("exp-*.log"))
+    assert len(logs) >= 2
+    text = logs[0].read_text()
+    assert "training:" in text and "eval: overall" in text
+    vault_entry = next((wd / "demo-vault" / "events").rglob("*.md")).read_text()
+    assert str(reports[0]) in vault_entry
