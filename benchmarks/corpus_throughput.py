@@ -5,8 +5,9 @@ deduplicate, balance, split, mix, write) on generated session logs.
 
 The logs: `n` conversations spread over the seven agents and five categories, half
 `real` and half `synthetic`, each a 16-word user turn and a 30-word answer drawn from a
-2,000-word vocabulary; `dup` of them are near-duplicates (one small edit) of another;
-a few carry PII, <think> blocks, tool calls or are malformed. The council's template
+2,000-word vocabulary; `dup` of them duplicate another (a fifth verbatim, the rest one
+small edit away: a filler word, a word swapped, dropped or re-cased);
+a few carry PII or <think> blocks, or are malformed. The council's template
 examples are added by the pipeline as in a night. Target: 100,000 examples in < 60 s.
 `noisy_logs` is also what tests/test_corpus_quality.py builds its v2 corpus with.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -37,7 +39,8 @@ PII = ["mail me at jo.smith@example.com", "my phone is +44 20 7946 0958",
 @dataclass(frozen=True)
 class LogSpec:
     n: int = 100_000
-    dup: float = 0.3             # share of examples that are near-duplicates of another
+    dup: float = 0.3             # share of examples that are duplicates of another...
+    exact: float = 0.2           # ...of which this share verbatim, the rest one edit away
     synthetic: float = 0.5       # share marked "source": "synthetic"
     pii: float = 0.01
     think: float = 0.02
@@ -86,7 +89,9 @@ def noisy_logs(council: Council, spec: LogSpec) -> dict[str, list[str]]:
                      "answer": rng.choices(vocab, k=spec.answer_words)})
     for _ in range(spec.n - n_orig):
         base = rows[rng.randrange(n_orig)]
-        if rng.random() < 0.5:
+        if rng.random() < spec.exact:
+            rows.append(dict(base))
+        elif rng.random() < 0.5:
             rows.append({**base, "user": _edit(base["user"], rng, vocab)})
         else:
             rows.append({**base, "answer": _edit(["_"] + base["answer"], rng, vocab)[1:]})
@@ -119,6 +124,11 @@ def write_logs(council: Council, out_dir: Path, spec: LogSpec) -> Path:
     return out_dir
 
 
+def _peak_rss_mb() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10))
+
+
 def run(spec: LogSpec, council_path: Path, repeat: int = 1) -> dict:
     from corpus import prepare
 
@@ -127,11 +137,12 @@ def run(spec: LogSpec, council_path: Path, repeat: int = 1) -> dict:
         t0 = time.perf_counter()
         sessions = write_logs(council, Path(tmp) / "sessions", spec)
         gen_s = time.perf_counter() - t0
-        times, data = [], None
+        times, cpu, data = [], [], None
         for i in range(repeat):  # a fresh out_root each time: no cache hit
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             data = prepare(sessions, council_path, Path(tmp) / f"data{i}", mix_ratio=0.5)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         t0 = time.perf_counter()
         prepare(sessions, council_path, Path(tmp) / "data0", mix_ratio=0.5)
         cached_s = time.perf_counter() - t0
@@ -140,6 +151,9 @@ def run(spec: LogSpec, council_path: Path, repeat: int = 1) -> dict:
     best = min(times)
     return {"examples_in": total, "generated_logs": spec.n, "seconds": round(best, 2),
             "all_seconds": [round(t, 2) for t in times],
+            # CPU seconds of this process: what the wall time would be on idle cores
+            "cpu_seconds": [round(t, 2) for t in cpu],
+            "peak_rss_mb": _peak_rss_mb(),
             "examples_per_s": round(total / best), "cache_hit_s": round(cached_s, 3),
             "generate_s": round(gen_s, 2), "duplicate_rate": m["duplicates"]["rate"],
             "near": m["duplicates"]["near"], "exact": m["duplicates"]["exact"],

@@ -1,9 +1,11 @@
-"""Splitting (groups never straddle splits) and the real-to-synthetic mix of train.
+"""Splitting (a near-duplicate cluster never straddles splits) and the real-to-synthetic
+mix of train.
 
 Splits are drawn before mixing, so valid and test do not depend on DATA_MIX_RATIO: trials
 with different mixes report validation loss on the same examples. Within each stratum
-(source x agent x category) groups are shuffled and cut, so every cell that has enough
-examples appears in valid and test.
+(source x agent x category) clusters are shuffled and cut, so every cell that has enough
+examples appears in valid and test. Mixing down-samples one source evenly across its
+(agent, category) cells, so the mix ratio does not reshape the category mix.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .clean import group_key
 from .records import SOURCE as REAL
 
 SPLITS = ("train", "valid", "test")
+UNUSED = "unused"  # train-pool examples this mix left out (kept for audit and contamination)
 
 
 def _stratum(example: dict) -> tuple[str, str, str]:
@@ -27,11 +30,15 @@ def _take(n: int, fraction: float) -> int:
     return int(n * fraction + 0.5)
 
 
+def _cluster(example: dict) -> str:
+    return example.get("cluster") or group_key(example)
+
+
 def assign_splits(examples: list[dict], valid_fraction: float, test_fraction: float,
                   seed: int) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for ex in examples:
-        groups[group_key(ex)].append(ex)
+        groups[_cluster(ex)].append(ex)
     strata: dict[tuple, list[str]] = defaultdict(list)
     for key, members in groups.items():
         strata[_stratum(members[0])].append(key)
@@ -74,7 +81,7 @@ class Mix:
                 "real_used": self.real_used, "synthetic_used": self.synthetic_used}
 
 
-def _mix_counts(real: int, synthetic: int, ratio: float) -> tuple[int, int]:
+def mix_counts(real: int, synthetic: int, ratio: float) -> tuple[int, int]:
     """Down-sample the larger side so real / (real + synthetic) is `ratio`."""
     if real == 0 or synthetic == 0:
         return real, synthetic  # nothing to blend: keep what there is
@@ -83,18 +90,35 @@ def _mix_counts(real: int, synthetic: int, ratio: float) -> tuple[int, int]:
     return real, max(1, min(synthetic, round(real * (1 - ratio) / ratio)))
 
 
-def _sample(items: list[dict], n: int, rng: random.Random) -> list[dict]:
-    keep = sorted(rng.sample(range(len(items)), n))
-    return [items[i] for i in keep]
+def stratified_sample(items: list[dict], n: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """n of items, spread over (agent, category) cells in proportion (largest remainder);
+    returns (chosen, left out), each in input order."""
+    if n >= len(items):
+        return list(items), []
+    cells: dict[tuple, list[int]] = defaultdict(list)
+    for i, e in enumerate(items):
+        cells[(e["agent"], e["category"])].append(i)
+    quotas = {c: n * len(v) / len(items) for c, v in cells.items()}
+    counts = {c: int(q) for c, q in quotas.items()}
+    for c in sorted(quotas, key=lambda c: (counts[c] - quotas[c], c))[:n - sum(counts.values())]:
+        counts[c] += 1
+    keep: set[int] = set()
+    for c in sorted(cells):
+        keep.update(rng.sample(cells[c], counts[c]))
+    return ([e for i, e in enumerate(items) if i in keep],
+            [e for i, e in enumerate(items) if i not in keep])
 
 
-def mix_train(train: list[dict], ratio: float, seed: int) -> tuple[list[dict], Mix]:
+def mix_train(train: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict], Mix]:
+    """(mixed train, examples left out, the mix)."""
     real = [e for e in train if e["source"] == REAL]
     synthetic = [e for e in train if e["source"] != REAL]
-    n_real, n_syn = _mix_counts(len(real), len(synthetic), ratio)
+    n_real, n_syn = mix_counts(len(real), len(synthetic), ratio)
     rng = random.Random(f"mix-{seed}-{ratio}")
-    mixed = _sample(real, n_real, rng) + _sample(synthetic, n_syn, rng)
+    real_used, real_left = stratified_sample(real, n_real, rng)
+    syn_used, syn_left = stratified_sample(synthetic, n_syn, rng)
+    mixed = real_used + syn_used
     rng.shuffle(mixed)
     total = n_real + n_syn
-    return mixed, Mix(ratio, n_real / total if total else 0.0, len(real), len(synthetic),
-                      n_real, n_syn)
+    return mixed, real_left + syn_left, Mix(ratio, n_real / total if total else 0.0,
+                                            len(real), len(synthetic), n_real, n_syn)

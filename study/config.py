@@ -119,6 +119,27 @@ class PathSettings(_Strict):
     reports: str = "reports"
 
 
+class CorpusSettings(_Strict):
+    near_dup_threshold: float = Field(0.8, gt=0, le=1)
+    shingle_size: int = Field(3, ge=1)
+    num_perm: int = Field(128, ge=16)
+    caps: dict[str, float] = {"identity": 0.4}
+    max_chars: int = Field(6000, ge=100)
+    valid_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    include_synthetic: bool = True
+    contamination_n: int = Field(8, ge=1)
+    contamination_threshold: float = Field(0.5, gt=0, le=1)
+    generator_model: str = ""
+    generator_api_base: str = ""
+    generator_api_key_env: str = ""
+    generator_per_example: int = Field(1, ge=1)
+    generator_limit: int = Field(100, ge=0)
+    generator_temperature: float = Field(0.7, ge=0)
+    generator_max_tokens: int = Field(64, ge=1)
+    generator_timeout_s: float = Field(30.0, gt=0)
+
+
 class VaultSettings(_Strict):
     root: str = "~/.sanctum/memory"
     retention: int = Field(500, ge=1)
@@ -177,6 +198,7 @@ class Settings(_Strict):
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
     paths: PathSettings = PathSettings()
+    corpus: CorpusSettings = CorpusSettings()
     vault: VaultSettings = VaultSettings()
     serving: ServingSettings = ServingSettings()
     schedule: ScheduleSettings = ScheduleSettings()

@@ -103,12 +103,35 @@ class NightRunner:
         out_root = self.s.path(self.s.paths.data)
         cache: dict[float, Any] = {}
 
+        opts = self.s.corpus.model_dump()
+
         def prepare(mix_ratio: float):
             key = round(mix_ratio, 6)
             if key not in cache:
-                cache[key] = corpus.prepare(sessions, self.p.council_path, out_root, mix_ratio=mix_ratio)
+                try:
+                    cache[key] = corpus.prepare(sessions, self.p.council_path, out_root, mix_ratio=mix_ratio,
+                                                **opts)
+                except ConfigError as exc:
+                    # corpus names its own keys ("caps.gossip"): say they live under [corpus].
+                    if exc.key and exc.file in (None, "", "corpus"):
+                        raise ConfigError(self.s.file, f"corpus.{exc.key}", exc.problem) from None
+                    raise
             return cache[key]
         return prepare
+
+    def _check_contamination(self, data) -> None:
+        """A holdout case seen in training would measure memory, not skill: refuse the night."""
+        from common.council import load_council
+        from corpus.contamination import check, record
+        from evaluation.suite import load_suite
+        import evaluation
+        suite_dir = Path(evaluation.__file__).parent / "suite"
+        cases = load_suite(suite_dir, load_council(self.p.council_path))
+        report = check(data, cases, n=self.s.corpus.contamination_n,
+                       threshold=self.s.corpus.contamination_threshold)
+        record(data, report)
+        if not report.ok:
+            raise ConfigError(str(data.dir / "train.jsonl"), None, report.message())
 
     def _studies_for_export(self, storage) -> list[optuna.Study]:
         prefix = self.s.study.name_prefix + "-"
@@ -128,8 +151,10 @@ class NightRunner:
             model_dir, sessions = self._model_and_sessions()
             self.serving = make_serving(s, model_dir, p.adapters_root)
             prepare = self._data_preparer(sessions)
-            if not p.skip_prepare:
-                prepare(p.space.baseline(p.mode.mode)["DATA_MIX_RATIO"])
+            import corpus
+            first = (corpus.latest(s.path(s.paths.data)) if p.skip_prepare else None) \
+                or prepare(p.space.baseline(p.mode.mode)["DATA_MIX_RATIO"])
+            self._check_contamination(first)
             storage = open_storage(s.storage_url(), heartbeat_interval=s.study.heartbeat_interval,
                                    grace_period=s.study.grace_period, max_retry=s.study.max_retry)
             study = open_study(storage, p.study_name, n_startup_trials=s.study.n_startup_trials)

@@ -82,7 +82,7 @@ def _bad(mutate):
     (lambda d: d["parameters"].pop("GRAD_ACCUM"), "parameters.GRAD_ACCUM", "missing"),
     (lambda d: d["modes"]["full"]["NUM_LAYERS"].update(high=64), "modes.full.NUM_LAYERS", "part of"),
     (lambda d: d.update(extra=1), "extra", "unknown"),
-    (lambda d: d["warm_start"].append({"LEARNING_RATE": 1.0}), "warm_start[2].LEARNING_RATE", "outside"),
+    (lambda d: d["warm_start"].insert(0, {"LEARNING_RATE": 1.0}), "warm_start[0].LEARNING_RATE", "outside"),
 ])
 def test_search_space_errors_name_file_and_key(mutate, key, words):
     with pytest.raises(ConfigError) as exc:

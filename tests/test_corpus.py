@@ -44,10 +44,16 @@ def test_prepare_writes_splits_and_manifest(sessions: Path, tmp_path: Path):
     assert m["mix_ratio"] == 0.5 and abs(m["mix"]["achieved"] - 0.5) < 0.02
     assert {e["file"] for e in m["inputs"]["sessions"]} == {f.name for f in sessions.glob("*.jsonl")}
     assert all(len(e["sha256"]) == 64 for e in m["inputs"]["sessions"])
-    for split in SPLITS:
+    for split in (*SPLITS, "unused"):
         rows = _rows(data.dir, split)
         assert len(rows) == m["counts"][split]
         assert all(r["source"] in ("real", "synthetic") for r in rows)
+        assert all(len(r["cluster"]) == 12 and "_keep" not in r for r in rows)
+        assert all(r["method"] == "template" for r in rows if r["source"] == "synthetic")
+    clusters = [{r["cluster"] for r in _rows(data.dir, s)} for s in SPLITS]
+    assert not (clusters[0] & clusters[1] or clusters[0] & clusters[2] or clusters[1] & clusters[2])
+    capped = sum(c["removed"] for c in m["balance"]["cuts"] if c["scope"] != "train")
+    assert sum(m["counts"].values()) == m["duplicates"]["total"] - m["duplicates"]["removed"] - capped
     assert m["counts"]["train"] >= 100 and m["counts"]["valid"] >= 8
     council = load_council(COUNCIL)
     train = m["per_split"]["train"]
@@ -90,22 +96,35 @@ def test_duplicates_and_reasoning(sessions: Path, tmp_path: Path):
     for split in SPLITS:
         for r in _rows(data.dir, split):
             key = normalised_text(r)
-            assert seen.setdefault(key, split) == split, f"duplicate straddles splits: {key[:60]}"
+            assert key not in seen, f"duplicate left in {split} and {seen[key]}: {key[:60]}"
+            seen[key] = split
             for m in r["messages"]:
                 assert "<think>" not in m["content"]
-    dup = data.manifest["duplicates"]
-    assert dup["removed"] >= 8 and dup["empty_after_strip"] == 3
-    assert dup["by_source"].get("real", 0) >= 8
+    m = data.manifest
+    assert m["cleaning"]["dropped"]["empty"] == 3 and m["cleaning"]["think_stripped"] == 6
+    dup = m["duplicates"]
+    # 9 repeats of the 3 answerable rows are exact; the 3 case-folded ones exact too.
+    assert dup["by_source"]["real"]["exact"] >= 8
+    assert dup["removed"] == dup["exact"] + dup["near"]
+    assert dup["rate"] == pytest.approx(dup["removed"] / dup["total"], abs=1e-4)
 
 
-def test_invalid_json_line_names_file_and_line(sessions: Path, tmp_path: Path):
+def test_a_bad_line_is_dropped_and_counted_a_bad_file_is_an_error(sessions: Path, tmp_path: Path):
     src = _copy_sessions(sessions, tmp_path / "sessions")
     good = (src / "yoda.jsonl").read_text().splitlines()
     (src / "yoda.jsonl").write_text("\n".join(good[:2] + ['{"messages": [oops'] + good[2:]) + "\n")
+    data = prepare(src, COUNCIL, tmp_path / "data")
+    malformed = data.manifest["malformed"]
+    assert malformed["by_reason"]["invalid_json"] == 1
+    assert malformed["lines"][0].startswith("yoda.jsonl:3: invalid JSON")
+    entry = next(e for e in data.manifest["inputs"]["sessions"] if e["file"] == "yoda.jsonl")
+    assert entry["malformed"] == 1 and entry["examples"] == len(good)
+    # Mostly broken: a wrong export, refused with the file and its first bad line.
+    (src / "yoda.jsonl").write_text("\n".join(good[:2] + ['{"messages": [oops'] * 3) + "\n")
     with pytest.raises(ConfigError) as err:
-        prepare(src, COUNCIL, tmp_path / "data")
+        prepare(src, COUNCIL, tmp_path / "data2")
     assert "yoda.jsonl" in str(err.value) and "line 3" in str(err.value)
-    assert not list((tmp_path / "data").glob("*/manifest.json"))
+    assert not list((tmp_path / "data2").glob("*/manifest.json"))
 
 
 def test_invalid_messages_and_category_are_config_errors(tmp_path: Path):
