@@ -3,13 +3,18 @@ trailer, read back verified. Also THE definition of a model's and an adapter's s
 
 Layout (DESIGN §3): overall, per_category, per_agent, per_agent_category (all over dev
 cases), holdout {overall, per_category, per_agent}, labels (dev label counts), cases
-[{id, agent, category, split, score, label, latency_ms, output, explanation}], repro
-{git_commit, mlx, mlx_lm, base_model {path, sha256}, adapter {path, sha256}, seed,
-max_tokens}, n_cases, elapsed_s, cases_per_s.
+[{id, agent, category, split, score, label, latency_ms, output, explanation, method,
+tokens {prompt, completion}}], skipped [{id, agent, category, split, skipped}] (cases
+not scored, with why: e.g. a judge case without a judge; never counted as 0), latency_ms
+{mean, p50, p95, per_agent {agent: {mean, p50, p95, n}}}, tokens {prompt, completion,
+total, per_agent}, complete (False for the partial results of a run stopped by its
+budget), repro {git_commit, mlx, mlx_lm, base_model {path, sha256}, adapter {path,
+sha256}, seed, max_tokens, ...}, n_cases, n_skipped, elapsed_s, cases_per_s.
 """
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from collections import Counter
 from importlib import metadata
@@ -100,17 +105,56 @@ def summarize(rows: list[dict[str, Any]], agents: list[str]) -> dict[str, Any]:
             "per_agent_category": per_ac}
 
 
+def _quantile(xs: list[float], q: float) -> float | None:
+    """Nearest-rank quantile (no interpolation: a p95 is a latency some case really had)."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def _lat(xs: list[float]) -> dict[str, Any]:
+    mean = _mean(xs)
+    return {"mean": None if mean is None else round(mean, 2), "p50": _quantile(xs, 0.5),
+            "p95": _quantile(xs, 0.95), "n": len(xs)}
+
+
+def latency_summary(rows: list[dict[str, Any]], agents: Iterable[str]) -> dict[str, Any]:
+    """Per-case latency over all splits, overall and per agent (milliseconds)."""
+    by_agent: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("latency_ms") is not None:
+            by_agent.setdefault(r["agent"], []).append(float(r["latency_ms"]))
+    order = [a for a in agents if a in by_agent] + sorted(a for a in by_agent if a not in agents)
+    return {**_lat([x for a in order for x in by_agent[a]]), "per_agent": {a: _lat(by_agent[a]) for a in order}}
+
+
+def token_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    prompt = sum(int((r.get("tokens") or {}).get("prompt", 0)) for r in rows)
+    completion = sum(int((r.get("tokens") or {}).get("completion", 0)) for r in rows)
+    per_agent: dict[str, int] = {}
+    for r in rows:
+        t = r.get("tokens") or {}
+        per_agent[r["agent"]] = per_agent.get(r["agent"], 0) + int(t.get("prompt", 0)) + int(t.get("completion", 0))
+    return {"prompt": prompt, "completion": completion, "total": prompt + completion, "per_agent": per_agent}
+
+
 def build_results(rows: list[dict[str, Any]], agents: list[str], repro: dict[str, Any],
-                  elapsed_s: float) -> dict[str, Any]:
+                  elapsed_s: float, *, skipped: Iterable[dict[str, Any]] = (),
+                  complete: bool = True) -> dict[str, Any]:
+    agents = list(agents)
+    skipped = list(skipped)
     dev = [r for r in rows if r["split"] == "dev"]
     hold = summarize([r for r in rows if r["split"] == "holdout"], agents)
     hold.pop("per_agent_category")
     return {**summarize(dev, agents), "holdout": hold,
             "labels": dict(Counter(r["label"] for r in dev).most_common()),
             "n_cases": len(rows), "n_dev": len(dev), "n_holdout": len(rows) - len(dev),
+            "n_skipped": len(skipped), "complete": complete,
             "elapsed_s": round(elapsed_s, 3),
             "cases_per_s": round(len(rows) / elapsed_s, 3) if elapsed_s > 0 else None,
-            "repro": repro, "cases": rows}
+            "latency_ms": latency_summary(rows, agents), "tokens": token_summary(rows),
+            "repro": repro, "cases": rows, "skipped": skipped}
 
 
 # ---------------------------------------------------------------- files

@@ -16,6 +16,10 @@ class GuardError(RuntimeError):
     """The night must not start; the message says why."""
 
 
+class NightAborted(RuntimeError):
+    """The night stopped itself before training (e.g. the eval canary failed): exit 1."""
+
+
 class NightLock:
     """An flock on a file: the kernel drops it when the holder dies, so a kill -9'd
     nightly never blocks the next one."""

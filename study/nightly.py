@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.errors import ConfigError, one_line
-from study.guard import GuardError, NightLock, check_no_training_job
+from study.guard import GuardError, NightAborted, NightLock, check_no_training_job
 from study.night import Plan, add_common_args, describe, plan
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_BUSY, EXIT_TERMINATED = 0, 1, 2, 4, 143
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except GuardError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return EXIT_BUSY
+    except NightAborted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except Terminated:
         print("terminated: the running trial was ended, serving restarted, lock released", file=sys.stderr)
         return EXIT_TERMINATED

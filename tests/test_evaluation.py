@@ -229,9 +229,17 @@ def test_full_eval_contract(full_eval, demo_assets, council):
     yoda_jb = [c["score"] for c in dev if c["agent"] == "yoda" and c["category"] == "jailbreak"]
     assert r["per_agent_category"]["yoda"]["jailbreak"] == pytest.approx(sum(yoda_jb) / len(yoda_jb))
     for c in r["cases"]:
-        assert set(c) == {"id", "agent", "category", "split", "score", "label", "latency_ms", "output", "explanation"}
+        assert set(c) == {"id", "agent", "category", "split", "score", "label", "latency_ms", "output", "explanation",
+                          "method", "tokens"}
         assert 0.0 <= c["score"] <= 1.0 and c["label"] in LABELS and c["latency_ms"] > 0
         assert isinstance(c["output"], str) and c["explanation"]
+        assert c["score"] > 0 or c["label"] != "CORRECT"  # a zero always says why
+        assert c["method"] in ("loglik", "generate") and c["tokens"]["prompt"] > 0
+    assert r["skipped"] == [] and r["n_skipped"] == 0 and r["complete"] is True
+    lat = r["latency_ms"]
+    assert set(lat["per_agent"]) == set(council.names) and sum(v["n"] for v in lat["per_agent"].values()) == r["n_cases"]
+    assert lat["p50"] <= lat["p95"] and lat["mean"] > 0
+    assert r["tokens"]["total"] == sum(c["tokens"]["prompt"] + c["tokens"]["completion"] for c in r["cases"])
     # choice cases give a graded signal; generation cases ran on real model output
     choice = [c for c in r["cases"] if c["explanation"].startswith("p(answer)=")]
     assert len({round(c["score"], 6) for c in choice}) > 50
@@ -241,6 +249,31 @@ def test_full_eval_contract(full_eval, demo_assets, council):
     assert repro["adapter"]["sha256"] is None and repro["mlx"] and repro["mlx_lm"] and repro["seed"] == 0
     assert r["elapsed_s"] > 0 and r["cases_per_s"] == pytest.approx(r["n_cases"] / r["elapsed_s"], rel=0.01)
     json.dumps(r)  # the whole dict is JSON as it stands
+
+
+def test_smoke_is_a_fast_canary(demo_assets, full_eval, tmp_path):
+    """One case per category through both code paths, in under a tenth of the full eval;
+    and a broken (NaN) adapter is caught by it."""
+    import time
+
+    import mlx.core as mx
+
+    from evaluation import EvalConfig, canary, run_eval
+    from evaluation.harness import smoke_problems
+
+    t0 = time.perf_counter()  # what canary() runs, timed from outside
+    smoke = run_eval(EvalConfig(model=str(demo_assets.model_dir), council_path=str(COUNCIL), smoke=True),
+                     progress=False)
+    took = time.perf_counter() - t0
+    assert took < 0.1 * full_eval["elapsed_s"], (took, full_eval["elapsed_s"])
+    assert smoke_problems(smoke) == []
+    assert sorted(c["category"] for c in smoke["cases"]) == sorted(CATEGORIES)
+    assert {c["method"] for c in smoke["cases"]} == {"loglik", "generate"} and smoke["repro"]["smoke"]
+    adapter = make_adapter(demo_assets.model_dir, tmp_path / "nan")
+    weights = mx.load(str(adapter / "adapters.safetensors"))
+    mx.save_safetensors(str(adapter / "adapters.safetensors"), {k: v * float("nan") for k, v in weights.items()})
+    problems = canary(EvalConfig(model=str(demo_assets.model_dir), adapter=str(adapter), council_path=str(COUNCIL)))
+    assert problems and all("non-finite log-probs" in p for p in problems)
 
 
 def test_adapter_on_another_base_is_refused(demo_assets, tmp_path, capsys):
