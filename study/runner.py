@@ -23,11 +23,12 @@ from evaluation.results import model_sha256
 from objective import TrialContext, TrialFailed, objective
 from study.deadline import seconds_left, training_budget, trial_fits
 from study.gate import GateConfig, Verdict
+from study.guard import NightAborted
 from study.logs import TrialLogs
 from study.oom import STREAK_LIMIT, known_oom, oom_streak, oom_summary
 from study.remote import Node, RemoteTrainer, proxy_fallback, remote_lost
 from study.night import Plan
-from study.promoter import Promoter
+from study.promoter import Promoter, _Pauser
 from study.results import export_results
 from study.serving import make_serving
 from study.storage import (enqueue_warm_start, open_storage, open_study, recover_local_trials,
@@ -72,6 +73,25 @@ class BaselineKeeper:
 
     def current(self) -> dict:
         return read_eval_results(self.current_path()[1])
+
+    def promote(self, adapter_dir: Path, exp_id: str, score: float, meta: dict) -> None:
+        """Publish the adapter, then record it as the study's baseline. A kill between the two
+        leaves `current` ahead of the study: reconcile() repairs that at the next start."""
+        self.promoter.promote(adapter_dir, exp_id, meta=meta)
+        _Pauser()("baseline")   # test-only kill point (AUTORESEARCH_TEST_PROMOTE_PAUSE); a no-op otherwise
+        self.study.set_user_attr("baseline", {"id": exp_id, "score": score})
+
+    def reconcile(self) -> dict | None:
+        """`adapters/current` is the truth (what is served, what the ratchet judges against):
+        after a kill mid-promotion or a `study.promote --rollback`, make the study's
+        `baseline` attr name it again. Returns the repaired attr, None when it already agreed."""
+        cur = self.promoter.current()
+        recorded = self.study.user_attrs.get("baseline") or {}
+        if cur is None or recorded.get("id") == cur.name:
+            return None
+        repaired = {"id": cur.name, "score": read_eval_results(cur / "eval_results.json")["overall"]}
+        self.study.set_user_attr("baseline", repaired)
+        return repaired
 
 
 class NightRunner:
@@ -118,6 +138,17 @@ class NightRunner:
                     raise
             return cache[key]
         return prepare
+
+    def _canary(self, model_dir: Path, promoter: Promoter) -> None:
+        """One case per category through every eval code path (~2 s) before a long night:
+        a broken adapter or config stops the night here, not after hours of training."""
+        from evaluation import canary
+        cur = promoter.current()
+        problems = canary(EvalConfig(model=str(model_dir), adapter=str(cur) if cur else None,
+                                     council_path=str(self.p.council_path), max_tokens=self.s.eval.max_tokens,
+                                     seed=self.s.eval.seed))
+        if problems:
+            raise NightAborted("eval canary failed, not starting the night: " + "; ".join(problems))
 
     def _check_contamination(self, data) -> None:
         """A holdout case seen in training would measure memory, not skill: refuse the night."""
@@ -186,8 +217,13 @@ class NightRunner:
             vault = Vault(s.path(s.vault.root), retention=s.vault.retention)
             keeper = BaselineKeeper(study, promoter, s.path(s.paths.cache), model_dir, p.council_path,
                                     s.study.baseline_policy, s.eval.max_tokens, s.eval.seed, p.progress)
+            repaired = keeper.reconcile()
+            if repaired:
+                self.console.print(f"[yellow]study baseline set to {repaired['id']}, the adapter adapters/current "
+                                   "points at (a promotion was interrupted or rolled back)[/]")
             with self.serving.paused():
                 night_baseline = keeper.current()  # the base model's eval, once per base model, before trial 1
+                self._canary(model_dir, promoter)
             self.report_path = s.path(s.paths.reports) / f"{datetime.now():%Y-%m-%d}.md"
 
             def suggest(trial: optuna.Trial) -> dict:
@@ -207,9 +243,8 @@ class NightRunner:
                 if verdict.result != "kept":
                     return verdict.result
                 exp_id = trial.user_attrs["experiment_id"]
-                promoter.promote(adapter_dir, exp_id, meta={"score": verdict.score, "baseline": verdict.baseline,
-                                                            "study": p.study_name, "trial": trial.number})
-                study.set_user_attr("baseline", {"id": exp_id, "score": verdict.score})
+                keeper.promote(adapter_dir, exp_id, verdict.score, meta={
+                    "score": verdict.score, "baseline": verdict.baseline, "study": p.study_name, "trial": trial.number})
                 return "kept"
 
             ctx = TrialContext(
