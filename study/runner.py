@@ -188,7 +188,8 @@ class NightRunner:
             self._check_contamination(first)
             storage = open_storage(s.storage_url(), heartbeat_interval=s.study.heartbeat_interval,
                                    grace_period=s.study.grace_period, max_retry=s.study.max_retry)
-            study = open_study(storage, p.study_name, n_startup_trials=s.study.n_startup_trials)
+            study = open_study(storage, p.study_name, n_startup_trials=s.study.n_startup_trials,
+                               space=p.space, mode=p.mode.mode)
             recovered = recover_local_trials(study, s.study.max_retry)
             if recovered:
                 self.console.print(f"[yellow]recovered trials {recovered} left RUNNING by a killed night: marked FAIL, re-queued with the same params[/]")

@@ -60,11 +60,15 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int = 
                           f"cannot open {url.split('@')[-1]!r}: {' '.join(str(exc).split())[:300]}") from None
 
 
-def make_sampler(n_startup_trials: int) -> optuna.samplers.BaseSampler:
-    # No fixed seed: a resumed study with seed=0 would repeat the same random-phase params
-    # every night (DESIGN §4).
-    return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, multivariate=True,
-                                      constant_liar=True)
+def make_sampler(n_startup_trials: int, space=None, mode: str = "proxy") -> optuna.samplers.BaseSampler:
+    """The Council's policy (study/sampler.py) when the search space is known; plain TPE for
+    callers without one. No fixed seed: a resumed study with seed=0 would repeat the same
+    random-phase params every night (DESIGN §4)."""
+    if space is None:
+        return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, multivariate=True,
+                                          constant_liar=True)
+    from study.sampler import default_sampler
+    return default_sampler(space, mode, n_startup_trials=n_startup_trials)
 
 
 def make_pruner() -> optuna.pruners.BasePruner:
@@ -73,9 +77,10 @@ def make_pruner() -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=2, n_min_trials=3)
 
 
-def open_study(storage: RDBStorage, name: str, *, n_startup_trials: int) -> optuna.Study:
+def open_study(storage: RDBStorage, name: str, *, n_startup_trials: int, space=None,
+               mode: str = "proxy") -> optuna.Study:
     return optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                               load_if_exists=True, sampler=make_sampler(n_startup_trials),
+                               load_if_exists=True, sampler=make_sampler(n_startup_trials, space, mode),
                                pruner=make_pruner())
 
 
