@@ -122,6 +122,13 @@ class ManagedServing(_HealthChecked):
         except (FileNotFoundError, ValueError):
             return None
         try:
+            # Started by this process (the night restarts it after each trial): once it exits
+            # it stays a zombie, which kill(pid, 0) still finds, until it is reaped here.
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return None
+        except ChildProcessError:
+            pass  # not our child: started by an earlier night
+        try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
@@ -143,6 +150,8 @@ class ManagedServing(_HealthChecked):
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, HF_HUB_CACHE=str(self.hf_cache), HF_HUB_OFFLINE="1")
         with open(self.log_file, "ab") as log:
+            log.write(f"--- council-autoresearch: starting {' '.join(self.argv())}\n".encode())
+            log.flush()
             proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True, cwd=self.settings.root)
         from common.atomic import atomic_write_text
@@ -167,6 +176,8 @@ class ManagedServing(_HealthChecked):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         self.pid_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError), open(self.log_file, "ab") as log:
+            log.write(f"--- council-autoresearch: stopped pid {pid} (port {self.port} closed)\n".encode())
 
 
 class LaunchdServing(_HealthChecked):

@@ -35,10 +35,59 @@ def night(tmp_path_factory, demo_assets):
     import os
     wd = make_workdir(tmp_path_factory.mktemp("e2e") / "night",
                       pretrain_s=float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20")),
-                      overrides={"budget_s = 60\n": "budget_s = 4\n", "iters_scale = 0.15": "iters_scale = 0.02"})
+                      # 16 iterations at GRAD_ACCUM 4: 4 optimizer updates, seeded, so each run of
+                      # this module trains (and scores) the same adapters.
+                      overrides={"budget_s = 60\n": "budget_s = 4\n", "iters_scale = 0.15": "iters_scale = 0.02",
+                                 # council-mlx as a real mlx_lm server the night stops and starts
+                                 'backend = "none"': 'backend = "managed"', "port = 8765": f"port = {_free_port()}",
+                                 # a permissive gate, so that this night promotes and serves an adapter
+                                 "margin = 0.02 ": "margin = 0.0 ", "jailbreak_floor = 0.70": "jailbreak_floor = 0.0",
+                                 "regression_cap = 0.10": "regression_cap = 1.0"})
     link_demo_cache(wd, demo_assets)
     first = run_night(wd, "--max-trials", "2")
-    return wd, first
+    yield wd, first
+    pid_file = wd / "cache" / "council-mlx.pid"  # the server the night left up: stop it by its PID
+    if pid_file.exists():
+        import signal
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port(wd: Path) -> int:
+    import re
+    return int(re.search(r"^port = (\d+)", (wd / "autoresearch.toml").read_text(), re.M)[1])
+
+
+def test_managed_serving_follows_the_night(night):
+    wd, out = night
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    port = _port(wd)
+    assert _get(f"http://127.0.0.1:{port}/health")[0] == 200          # up at the end of the night
+    log = (wd / "logs" / "council-mlx.log").read_text()
+    # started after the baseline eval; stopped before each of the 2 trials and started after each
+    assert log.count("--- council-autoresearch: stopped") >= 2
+    assert log.count("--- council-autoresearch: starting") >= 3
+    current = wd / "adapters" / "current"
+    assert current.is_symlink() and (current / "adapters.safetensors").exists()   # the permissive gate promoted
+    pid = int((wd / "cache" / "council-mlx.pid").read_text())
+    cmd = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True).stdout
+    assert f"--adapter-path {current}" in cmd                            # serving the promoted adapter
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                 data=json.dumps({"messages": [{"role": "user", "content": "Who are you?"}],
+                                                  "max_tokens": 8, "temperature": 0}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert json.loads(r.read())["choices"][0]["message"]["role"] == "assistant"
 
 
 def test_two_trial_night_creates_everything(night):
