@@ -334,8 +334,10 @@ class NightRunner:
     def _summary(self, study: optuna.Study, promoter: Promoter, elapsed: float) -> None:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         table = Table(title=f"tonight: {self.p.study_name}  ({elapsed:.0f} s)")
-        for col in ("#", *(c.replace("_", " ").lower() for c in SHOWN), "score", "baseline", "result", "reasons"):
-            table.add_column(col)
+        short = {"LEARNING_RATE": "lr", "NUM_LAYERS": "layers", "LORA_RANK": "rank", "LORA_ALPHA": "alpha",
+                 "ITERS": "iters", "DATA_MIX_RATIO": "mix"}
+        for col in ("#", *(short.get(c, c.lower()) for c in SHOWN), "score", "baseline", "result", "first reason"):
+            table.add_column(col, overflow="fold")
         for n in self.tonight:
             t = trials.get(n)
             if t is None:
@@ -345,7 +347,7 @@ class NightRunner:
                           f"{ua['score']:.3f}" if ua.get("score") is not None else "–",
                           f"{ua['baseline']:.3f}" if ua.get("baseline") is not None else "–",
                           ua.get("result", t.state.name.lower()),
-                          "; ".join(ua.get("reasons", []))[:80])
+                          (ua.get("reasons") or [""])[0][:60])
         self.console.print(table)
         cur = promoter.current_id()
         try:
