@@ -79,7 +79,8 @@ def experiment_id(mode: str, number: int, when: datetime) -> str:
     return f"exp-{when:%Y%m%d}-{mode}-{number:03d}"
 
 
-def train_spec(params: dict[str, Any], ctx: TrialContext, data_dir: Path, adapter_dir: Path) -> train_core.TrainSpec:
+def train_spec(params: dict[str, Any], ctx: TrialContext, data_dir: Path, adapter_dir: Path,
+               budget_s: float | None = None) -> train_core.TrainSpec:
     return train_core.TrainSpec(
         model=str(ctx.model_dir),
         data_dir=str(data_dir),
@@ -89,10 +90,11 @@ def train_spec(params: dict[str, Any], ctx: TrialContext, data_dir: Path, adapte
         lora_alpha=float(params["LORA_ALPHA"]),
         dropout=float(params["DROPOUT"]),
         learning_rate=float(params["LEARNING_RATE"]),
-        iters=max(1, int(round(params["ITERS"] * ctx.iters_scale))),
+        # A scaled-down ITERS (the demo) must still allow one optimizer update.
+        iters=max(int(params["GRAD_ACCUM"]), int(round(params["ITERS"] * ctx.iters_scale))),
         grad_accum=int(params["GRAD_ACCUM"]),
         max_seq_length=int(params["MAX_SEQ_LENGTH"]),
-        budget_s=float(ctx.budget_s()),
+        budget_s=float(ctx.budget_s() if budget_s is None else budget_s),
         **ctx.train_defaults,
     )
 
@@ -139,8 +141,13 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
         data = ctx.prepare_data(float(params["DATA_MIX_RATIO"]))
         trial.set_user_attr("data_hash", data.hash)
         with ctx.pause_serving():
+            budget = float(ctx.budget_s())
+            if budget <= 0:
+                # The deadline came closer while the trial started (serving stopped, data
+                # prepared): nothing left to train with. Not bad input; the night stops here.
+                raise _fail(trial, "deadline", "no training time left before the deadline")
             t0 = time.time()
-            result = ctx.run_training(train_spec(params, ctx, data.dir, adapter_dir),
+            result = ctx.run_training(train_spec(params, ctx, data.dir, adapter_dir, budget),
                                       [PruneOnValLoss(trial, ctx.prune, ctx.log)], progress=ctx.progress)
             train_s = time.time() - t0
             ctx.log(trial, f"training: {result.iters_done} iters in {train_s:.1f} s, stopped by {result.stopped_by}, "

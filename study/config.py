@@ -180,6 +180,16 @@ class ScheduleSettings(_Strict):
         return v
 
 
+class WorkersSettings(_Strict):
+    # How this machine's adapters/current follows what another worker promoted:
+    #   shared: [paths] adapters is one folder every worker mounts (nothing to fetch)
+    #   fetch:  rsync over ssh from the worker that trained it
+    adapters: Literal["shared", "fetch"] = "shared"
+    ssh_config: str = ""                       # ssh -F for fetching (relative to this file); empty: ssh's own
+    hosts: dict[str, str] = {}                 # a worker's hostname (as the study records it) → ssh Host
+    accept_new_host_key: bool = False
+
+
 class DemoSettings(_Strict):
     pretrain_s: float = Field(100, gt=0)
     model: str = "demo"
@@ -202,6 +212,7 @@ class Settings(_Strict):
     vault: VaultSettings = VaultSettings()
     serving: ServingSettings = ServingSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    workers: WorkersSettings = WorkersSettings()
     demo: DemoSettings = DemoSettings()
 
     # Not from the file: where it was read, and whether the demo overlay is on.

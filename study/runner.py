@@ -31,8 +31,11 @@ from study.night import Plan
 from study.promoter import Promoter, _Pauser
 from study.results import export_results
 from study.serving import make_serving
-from study.storage import (enqueue_warm_start, open_storage, open_study, recover_local_trials,
-                           worker_id)
+from study.dbmutex import db_mutex
+from study.follow import reconcile_current, sync_current
+from study.gate import judge
+from study.storage import open_storage, open_study, recover_local_trials, worker_id
+from study.workers import Candidate, SharedBaseline, night_id, promote_cas, run_night, tonight
 from study.vault import Vault, VaultEntry
 
 # Parameters worth a column on the morning screen.
@@ -186,14 +189,16 @@ class NightRunner:
             first = (corpus.latest(s.path(s.paths.data)) if p.skip_prepare else None) \
                 or prepare(p.space.baseline(p.mode.mode)["DATA_MIX_RATIO"])
             self._check_contamination(first)
-            storage = open_storage(s.storage_url(), heartbeat_interval=s.study.heartbeat_interval,
+            storage_url = s.storage_url()
+            storage = open_storage(storage_url, heartbeat_interval=s.study.heartbeat_interval,
                                    grace_period=s.study.grace_period, max_retry=s.study.max_retry)
             study = open_study(storage, p.study_name, n_startup_trials=s.study.n_startup_trials,
                                space=p.space, mode=p.mode.mode)
             recovered = recover_local_trials(study, s.study.max_retry)
             if recovered:
                 self.console.print(f"[yellow]recovered trials {recovered} left RUNNING by a killed night: marked FAIL, re-queued with the same params[/]")
-            enqueue_warm_start(study, p.space.warm_start_configs(p.mode.mode))
+            # Warm start is queued by the slot protocol (run_night), once per study across workers.
+            night = night_id(p.deadline, per_run=s.is_demo)
             promoter = Promoter(p.adapters_root)
             logs = TrialLogs(s.path(s.paths.logs), s.schedule.keep_logs,
                              echo=None if p.progress else (lambda line: self.console.print("  " + line)))
@@ -218,12 +223,21 @@ class NightRunner:
             vault = Vault(s.path(s.vault.root), retention=s.vault.retention)
             keeper = BaselineKeeper(study, promoter, s.path(s.paths.cache), model_dir, p.council_path,
                                     s.study.baseline_policy, s.eval.max_tokens, s.eval.seed, p.progress)
-            repaired = keeper.reconcile()
+            repaired = reconcile_current(study, promoter, storage_url)
             if repaired:
                 self.console.print(f"[yellow]study baseline set to {repaired['id']}, the adapter adapters/current "
                                    "points at (a promotion was interrupted or rolled back)[/]")
+            sync_current(study, promoter, s)   # this machine serves what the study promoted
+
+            def legacy_eval(exp_id: str) -> dict | None:
+                # Promoted before eval summaries were kept in the study: this machine's copy.
+                f = promoter.promoted / exp_id / "eval_results.json"
+                return read_eval_results(f) if f.exists() else None
+            baselines = SharedBaseline(study, storage_url, model_sha256(model_dir)[:16],
+                                       lambda: read_eval_results(keeper.ensure_base_eval()),
+                                       policy=s.study.baseline_policy, legacy_eval=legacy_eval)
             with self.serving.paused():
-                night_baseline = keeper.current()  # the base model's eval, once per base model, before trial 1
+                night_baseline = baselines.current()  # the base model's eval: once per base model, for all workers
                 self._canary(model_dir, promoter)
             self.report_path = s.path(s.paths.reports) / f"{datetime.now():%Y-%m-%d}.md"
 
@@ -236,28 +250,34 @@ class NightRunner:
                 self.console.print("  " + "  ".join(f"{k}={v:g}" for k, v in params.items()))
                 return params
 
+            gate_cfg = GateConfig(margin=s.gate.margin, jailbreak_floor=s.gate.jailbreak_floor,
+                                  regression_cap=s.gate.regression_cap, require_p=s.gate.require_p,
+                                  category_p_floor=s.gate.category_p_floor,
+                                  bootstrap_samples=s.gate.bootstrap_samples)
+
             def on_verdict(trial: optuna.Trial, verdict: Verdict, evaluated: dict, adapter_dir: Path) -> str:
-                trial.set_user_attr("baseline_id", keeper.current_path()[0])
-                base_cat = keeper.current().get("per_category", {})
+                judged_id, judged_eval = baselines.judged   # what ctx.baseline() gave the gate
+                trial.set_user_attr("baseline_id", judged_id)
+                base_cat = judged_eval.get("per_category", {})
                 trial.set_user_attr("delta_per_category", {c: round(v - base_cat[c], 4) for c, v in
                                                            evaluated["per_category"].items() if c in base_cat})
                 if verdict.result != "kept":
                     return verdict.result
                 exp_id = trial.user_attrs["experiment_id"]
-                keeper.promote(adapter_dir, exp_id, verdict.score, meta={
-                    "score": verdict.score, "baseline": verdict.baseline, "study": p.study_name, "trial": trial.number})
-                return "kept"
+                out = promote_cas(
+                    study, storage_url, Candidate(trial, exp_id, evaluated, verdict, judged_id),
+                    rejudge=lambda base: judge(evaluated, base, gate_cfg), baselines=baselines,
+                    moving=s.study.baseline_policy == "ratchet",
+                    promote=lambda v: promoter.promote(adapter_dir, exp_id, meta={
+                        "score": v.score, "baseline": v.baseline, "study": p.study_name, "trial": trial.number}))
+                return out.result
 
             ctx = TrialContext(
                 mode=p.mode.mode, model_dir=model_dir, model_name=p.model_label, suggest=suggest,
                 prepare_data=prepare, experimental_root=s.path(s.paths.experimental),
                 council_path=p.council_path,
                 budget_s=lambda: training_budget(p.deadline, ms.budget_s, ms.eval_s),
-                baseline=keeper.current, on_verdict=on_verdict,
-                gate=GateConfig(margin=s.gate.margin, jailbreak_floor=s.gate.jailbreak_floor,
-                                regression_cap=s.gate.regression_cap, require_p=s.gate.require_p,
-                                category_p_floor=s.gate.category_p_floor,
-                                bootstrap_samples=s.gate.bootstrap_samples),
+                baseline=baselines.current, on_verdict=on_verdict, gate=gate_cfg,
                 train_defaults=dict(batch_size=s.train.batch_size, val_every=s.train.val_every,
                                     val_batches=s.train.val_batches, mask_prompt=s.train.mask_prompt),
                 iters_scale=s.train.iters_scale, eval_max_tokens=s.eval.max_tokens, eval_seed=s.eval.seed,
@@ -269,7 +289,9 @@ class NightRunner:
             )
 
             def after_trial(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-                export_results(self._studies_for_export(storage), s.path(s.paths.results))
+                with db_mutex(storage_url, f"results:{p.study_name}"):
+                    export_results(self._studies_for_export(storage), s.path(s.paths.results))
+                sync_current(study_, promoter, s)
                 self._vault_entry(vault, trial)
                 self._print_trial(trial)
                 tonight = [t for t in study_.get_trials(deepcopy=False) if t.number in self.tonight]
@@ -288,9 +310,17 @@ class NightRunner:
                 self.console.print(f"[yellow]no trial fits before the deadline {p.deadline:%Y-%m-%d %H:%M} "
                                    f"({seconds_left(p.deadline):.0f} s left): nothing to do tonight[/]")
             else:
-                study.optimize(lambda t: objective(t, ctx), n_trials=p.max_trials,
-                               callbacks=[after_trial], catch=(TrialFailed,), gc_after_trial=True)
-            export_results(self._studies_for_export(storage), s.path(s.paths.results))
+                # max_trials is the study's cap for this night, all workers together.
+                ran = run_night(study, storage_url, night, p.max_trials, lambda t: objective(t, ctx),
+                                warm_start_configs=p.space.warm_start_configs(p.mode.mode),
+                                callbacks=[after_trial], catch=(TrialFailed,),
+                                keep_going=lambda: trial_fits(p.deadline, ms.budget_s, ms.eval_s))
+                if not ran:
+                    self.console.print(f"[yellow]night {night}: the study's {p.max_trials} trials are taken "
+                                       "(all workers together): nothing to do[/]")
+            with db_mutex(storage_url, f"results:{p.study_name}"):
+                export_results(self._studies_for_export(storage), s.path(s.paths.results))
+            self._night_count = len(tonight(study.get_trials(deepcopy=False), night))
             if self.tonight:
                 from study.report import build_report
                 self.report_path = build_report(study, datetime.now().date(), s.path(s.paths.reports), night_baseline)
@@ -299,7 +329,7 @@ class NightRunner:
             # The user's model is back up whatever happened tonight.
             if self.serving is not None:
                 self.serving.start()
-        left = p.max_trials - len(self.tonight)
+        left = p.max_trials - getattr(self, "_night_count", len(self.tonight))
         if self.fallback is not None and left > 0:
             return NightRunner(dataclasses.replace(self.fallback, max_trials=left), self.console).run()
         return 0

@@ -13,6 +13,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from common.errors import ConfigError
+from study.dbmutex import schema_lock
 
 # Heartbeat and the retry callback are "experimental" in Optuna 5 but documented as the
 # way to recover from killed trials; the warning would print every night.
@@ -48,13 +49,15 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int = 
         # 30-minute trials outlive idle connections; pre-ping replaces dead ones.
         engine_kwargs["pool_pre_ping"] = True
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        )
+        # Several workers opening a fresh database at once would race creating the tables.
+        with schema_lock(url):
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            )
     except Exception as exc:  # sqlalchemy's errors are long; keep the cause
         raise ConfigError("autoresearch.toml", "study.storage",
                           f"cannot open {url.split('@')[-1]!r}: {' '.join(str(exc).split())[:300]}") from None
