@@ -99,7 +99,7 @@ def _cache_key(model_dir: Path, suite_dir: Path) -> str:
 def generate_real(cache: Path, council: Path, pretrain_s: float, progress: bool) -> list[Path]:
     """Two eval_results.json files of the demo warm-start config, seeds 0 and 1 (cached)."""
     from demo import ensure_demo
-    from demo.fastblas import enable as enable_fast_blas
+    from common.fastblas import enable as enable_fast_blas
     enable_fast_blas(cache)  # before mlx's first matrix product
     import corpus
     import train_core

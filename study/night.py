@@ -15,6 +15,7 @@ from common.errors import ConfigError
 from study.config import Settings, load_settings, parse_hhmm
 from study.deadline import next_deadline
 from study.modes import ModeChoice, choose_mode
+from study.serving import LOOPBACK
 from study.space import SearchSpace, load_search_space
 from study.storage import study_name
 
@@ -64,7 +65,12 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None) -> Plan:
     settings = load_settings(args.config, demo=args.demo)
     space = load_search_space(settings.root / "search_space.yaml")
     council_path = settings.root / "council.yaml"
-    load_council(council_path)  # validate now: a typo must not wait until the first eval
+    council = load_council(council_path)  # validate now: a typo must not wait until the first eval
+    serving = settings.serving
+    if serving.backend == "managed" and serving.host not in LOOPBACK and not serving.allow_remote:
+        # ManagedServing refuses it too, but only once the night holds its lock and has built things.
+        raise ConfigError(settings.file, "serving.host", f"{serving.host!r} is not loopback; "
+                          "set serving.allow_remote = true to expose the model")
     deadline_s = getattr(args, "deadline", None) or settings.study.deadline
     try:
         parse_hhmm(deadline_s)
@@ -80,6 +86,8 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None) -> Plan:
     if ms.model != "demo" and not Path(ms.local_model).expanduser().is_dir() and not args.dry_run:
         raise ConfigError(settings.file, f"modes.{choice.mode}." + ("eval_model" if ms.eval_model else "model"),
                           f"model folder not found on this machine: {ms.local_model}")
+    if ms.model != "demo" and not args.dry_run:
+        check_sessions(settings, council)
     deadline = next_deadline(deadline_s)
     if settings.is_demo and not getattr(args, "deadline", None):
         # A demo night is a compressed night that starts now, whatever the clock says.
@@ -91,6 +99,19 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None) -> Plan:
         study_name=study_name(settings.study.name_prefix, choice.mode, label),
         skip_prepare=args.skip_prepare, progress=not args.no_progress,
     )
+
+
+def check_sessions(settings: Settings, council) -> None:
+    """Read (not prepare) the user's sessions before the night takes its lock: a wrong
+    folder, a broken export or an empty one stops it with exit 2 and nothing created."""
+    from corpus.records import read_sessions  # numpy & co.: only when a real night starts
+
+    folder = settings.path(settings.paths.sessions)
+    if not folder.is_dir():
+        raise ConfigError(settings.file, "paths.sessions", f"sessions folder not found: {folder}")
+    if not any(f.examples for f in read_sessions(folder, council)):
+        raise ConfigError(settings.file, "paths.sessions",
+                          f"empty corpus: no usable session line in {folder}/*.jsonl")
 
 
 def describe(p: Plan) -> list[tuple[str, str]]:

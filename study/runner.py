@@ -28,7 +28,7 @@ from study.logs import TrialLogs
 from study.oom import STREAK_LIMIT, known_oom, oom_streak, oom_summary
 from study.remote import Node, RemoteTrainer, proxy_fallback, remote_lost
 from study.night import Plan
-from study.promoter import Promoter, _Pauser
+from study.promoter import Promoter
 from study.results import export_results
 from study.serving import make_serving
 from study.dbmutex import db_mutex
@@ -76,25 +76,6 @@ class BaselineKeeper:
 
     def current(self) -> dict:
         return read_eval_results(self.current_path()[1])
-
-    def promote(self, adapter_dir: Path, exp_id: str, score: float, meta: dict) -> None:
-        """Publish the adapter, then record it as the study's baseline. A kill between the two
-        leaves `current` ahead of the study: reconcile() repairs that at the next start."""
-        self.promoter.promote(adapter_dir, exp_id, meta=meta)
-        _Pauser()("baseline")   # test-only kill point (AUTORESEARCH_TEST_PROMOTE_PAUSE); a no-op otherwise
-        self.study.set_user_attr("baseline", {"id": exp_id, "score": score})
-
-    def reconcile(self) -> dict | None:
-        """`adapters/current` is the truth (what is served, what the ratchet judges against):
-        after a kill mid-promotion or a `study.promote --rollback`, make the study's
-        `baseline` attr name it again. Returns the repaired attr, None when it already agreed."""
-        cur = self.promoter.current()
-        recorded = self.study.user_attrs.get("baseline") or {}
-        if cur is None or recorded.get("id") == cur.name:
-            return None
-        repaired = {"id": cur.name, "score": read_eval_results(cur / "eval_results.json")["overall"]}
-        self.study.set_user_attr("baseline", repaired)
-        return repaired
 
 
 class NightRunner:

@@ -18,6 +18,7 @@ have to run in the child.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import resource
 import signal
@@ -48,6 +49,19 @@ class ChildFailed(RuntimeError):
 
 class RemoteLost(RuntimeError):
     """The connection to the training node went away mid-run (ssh/rsync exit 255 & co.)."""
+
+
+class DiskFull(OSError):
+    """The child could not write (the adapter, mostly): no space left on the device."""
+
+
+# How a child's OSError(ENOSPC/EDQUOT) reads in its one-line error (train_core.trainer
+# turns MLX's bare "[write] Unable to write" on a full disk into one).
+_NO_SPACE = ("[Errno 28]", "No space left on device", "[Errno 122]", "Disk quota exceeded")
+
+
+def disk_full(message: str) -> bool:
+    return any(s in message for s in _NO_SPACE)
 
 
 class TrainingTimeout(subprocess.TimeoutExpired):
@@ -105,7 +119,8 @@ def run_training(
 
     Raises ConfigError (bad input), OutOfMemory (reported by the child or death by
     SIGSEGV/SIGKILL/SIGBUS/SIGABRT; its .result says how far the run got), RemoteLost,
-    TrainingTimeout, ChildFailed; KeyboardInterrupt kills the child and propagates.
+    TrainingTimeout, DiskFull (an OSError with errno ENOSPC), ChildFailed;
+    KeyboardInterrupt kills the child and propagates.
     """
     limit = hard_timeout_s(spec.budget_s) if timeout_s is None else timeout_s
     with tempfile.TemporaryDirectory(prefix="train_core-") as work:
@@ -277,8 +292,10 @@ class _Watcher:
                 + (f": {tail}" if tail else ""), self.partial_result())
         if rc in lost_exit_codes:
             raise RemoteLost(f"connection to the training node lost (exit {rc})" + (f": {tail}" if tail else ""))
-        raise ChildFailed(f"{' '.join(self.argv[:3])} ... exited with {rc} without a result"
-                          + (f": {tail}" if tail else ""))
+        message = f"{' '.join(self.argv[:3])} ... exited with {rc} without a result" + (f": {tail}" if tail else "")
+        if disk_full(tail):
+            raise DiskFull(errno.ENOSPC, f"no space left on device: {message}")
+        raise ChildFailed(message)
 
     def _raise_reported(self, error: dict[str, Any]) -> TrainResult:
         kind, message = error.get("kind"), str(error.get("message", ""))
@@ -287,6 +304,8 @@ class _Watcher:
         if kind == "oom":
             reported = error.get("result")
             raise OutOfMemory(message, TrainResult.from_dict(reported) if reported else self.partial_result())
+        if disk_full(message):
+            raise DiskFull(errno.ENOSPC, f"no space left on device: {message}")
         raise ChildFailed(message)
 
     def tail(self, lines: int = 3) -> str:

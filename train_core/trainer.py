@@ -8,7 +8,10 @@ ends normally, and this module writes the adapter.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -83,8 +86,9 @@ def _model_sha256_fallback(model_dir: str | os.PathLike) -> str:
 def train(spec: TrainSpec, callbacks: Sequence[TrainCallback] = (), *, progress: bool = True) -> TrainResult:
     """Trains, writes the adapter atomically to spec.adapter_dir, returns what happened.
 
-    Raises ConfigError for bad input (missing model/data, too few examples) and
-    OutOfMemory when MLX fails to allocate; every other exception propagates.
+    Raises ConfigError for bad input (missing model/data, too few examples),
+    OutOfMemory when MLX fails to allocate, OSError(ENOSPC) when the adapter does not fit
+    on its disk; every other exception propagates.
     """
     _check_paths(spec)
     run = _Run(spec, list(callbacks), progress)
@@ -93,9 +97,27 @@ def train(spec: TrainSpec, callbacks: Sequence[TrainCallback] = (), *, progress:
     except (RuntimeError, MemoryError) as exc:
         if is_allocation_error(exc):
             raise OutOfMemory(f"MLX could not allocate memory: {exc}", run.partial_result()) from exc
+        if out_of_space(exc, run.tmp or Path(spec.adapter_dir).parent):
+            raise OSError(errno.ENOSPC, f"No space left on device for the adapter in {spec.adapter_dir} ({exc})") from exc
         raise
     finally:
         artifacts.discard(run.tmp)
+
+
+_MLX_WRITE = re.compile(r"\[write\] Unable to write (\d+) bytes")
+
+
+def out_of_space(exc: BaseException, folder: Path) -> bool:
+    """MLX's writer reports a short write without errno ("[write] Unable to write N bytes").
+    Checked before the temp adapter is removed: the disk is full when the N bytes it
+    tried to write exceed what is free there now."""
+    m = _MLX_WRITE.search(str(exc))
+    if m is None:
+        return False
+    try:
+        return int(m[1]) > shutil.disk_usage(folder).free
+    except OSError:
+        return False
 
 
 def _check_paths(spec: TrainSpec) -> None:
