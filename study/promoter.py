@@ -25,6 +25,7 @@ from typing import Any
 
 from common.atomic import atomic_write_json, sha256_file
 from common.errors import ConfigError
+from common.procs import pid_alive
 
 PAUSE_ENV = "AUTORESEARCH_TEST_PROMOTE_PAUSE"
 PAUSE_TIMEOUT_S = 60.0
@@ -93,16 +94,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Promoter:
@@ -258,7 +249,7 @@ class Promoter:
         candidates = [*self.promoted.glob(f"{TMP_MARK}*"), *self.root.glob(f"current{TMP_MARK}*")]
         for path in candidates:
             pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+            if pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)

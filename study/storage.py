@@ -13,6 +13,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from common.errors import ConfigError
+from common.procs import pid_alive
 from study.dbmutex import schema_lock
 
 # Heartbeat and the retry callback are "experimental" in Optuna 5 but documented as the
@@ -96,16 +97,6 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover_local_trials(study: optuna.Study, max_retry: int = 1) -> list[int]:
     """RUNNING trials left by a dead nightly on THIS machine → FAIL, and retried.
 
@@ -119,7 +110,7 @@ def recover_local_trials(study: optuna.Study, max_retry: int = 1) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(t.user_attrs.get("worker", ""))
         h, _, pid = owner.rpartition(":")
-        if h != host or not pid.isdigit() or _pid_alive(int(pid)):
+        if h != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "killed")
         study._storage.set_trial_user_attr(t._trial_id, "result", "failed:killed")

@@ -15,6 +15,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from common.atomic import atomic_write_json, sha256_dir
+from common.procs import pid_alive
 
 from .spec import TrainSpec
 
@@ -51,20 +52,10 @@ def remove_stale_temp_dirs(adapter_dir: Path) -> list[Path]:
         prefix = f".{adapter_dir.name}{tag}"
         for p in adapter_dir.parent.glob(f"{prefix}*"):
             pid = p.name[len(prefix):].split("-", 1)[0]
-            if p.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            if p.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_adapter(tmp: Path, model, config: dict[str, Any]) -> str:
