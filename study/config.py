@@ -195,7 +195,7 @@ class DemoSettings(_Strict):
     model: str = "demo"
     mode: Literal["proxy", "full"] = "proxy"
     budget_s: float = Field(60, gt=0)
-    eval_s: float = Field(25, gt=0)
+    eval_s: float = Field(40, gt=0)
     iters_scale: float = Field(0.15, gt=0, le=1)
     vault_root: str = "demo-vault"
     window_min: float = Field(60, gt=0)   # the demo's night ends this long after it starts
