@@ -21,7 +21,8 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Makes a rename inside `path` durable; some filesystems refuse fsync on a folder."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -52,7 +53,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_write_json, sha256_file
+from common.atomic import atomic_write_json, fsync_dir, sha256_file
 from common.errors import ConfigError
 from common.procs import pid_alive
 
@@ -79,21 +79,7 @@ def _fsync_tree(folder: Path) -> None:
             finally:
                 os.close(fd)
     for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        _fsync_dir(d)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes a rename inside `path` durable; some filesystems refuse fsync on a folder.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(d)
 
 
 class Promoter:
@@ -177,7 +163,7 @@ class Promoter:
                 raise PromotionError(f"copy of {source} does not match its source")
             pause("publish")
             os.rename(tmp, dest)
-            _fsync_dir(self.promoted)
+            fsync_dir(self.promoted)
 
         self._repoint(exp_id, pause)
         sha = {k: v for k, v in want.items() if k.endswith(".safetensors")}
@@ -239,7 +225,7 @@ class Promoter:
         os.symlink(os.path.join("promoted", exp_id), tmp_link)   # relative: the tree can move
         pause("swap")
         os.replace(tmp_link, self.link)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _append(self, event: dict[str, Any]) -> None:
         atomic_write_json(self.history_path, {"events": [*self.history(), event]})
