@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, load_yaml_file
 
 CATEGORIES = ("identity", "tool_calling", "domain", "isolation", "jailbreak")
 
@@ -112,10 +112,5 @@ def parse_council(data: Any, file: str = "council.yaml") -> Council:
 
 def load_council(path: str | Path) -> Council:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(str(path), None, "file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), None, f"YAML syntax error: {' '.join(str(exc).split())}") from None
+    data = load_yaml_file(path)
     return parse_council(data, str(path))

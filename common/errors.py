@@ -14,3 +14,18 @@ class ConfigError(Exception):
 def one_line(exc: BaseException) -> str:
     """The error as a single line (for exit-2 messages)."""
     return " ".join(str(exc).split())
+
+
+def load_yaml_file(path) -> object:
+    """A YAML file's data; a missing file or a syntax error is a ConfigError naming the file."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), None, "file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), None, f"YAML syntax error: {' '.join(str(exc).split())}") from None

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from common.errors import ConfigError
+from common.errors import ConfigError, load_yaml_file
 
 # The nine knobs and what train_core / the corpus call them.
 PARAM_TO_SPEC = {
@@ -170,10 +170,5 @@ def parse_search_space(data: Any, file: str = "search_space.yaml") -> SearchSpac
 
 def load_search_space(path: str | Path) -> SearchSpace:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(str(path), None, "file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), None, f"YAML syntax error: {' '.join(str(exc).split())}") from None
+    data = load_yaml_file(path)
     return parse_search_space(data, str(path))
