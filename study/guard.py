@@ -59,7 +59,8 @@ class NightLock:
 def running_training_jobs(patterns=TRAINING_PATTERNS, exclude_pids: set[int] | None = None) -> list[str]:
     """Other processes whose command line looks like a training job ("pid command")."""
     exclude = {os.getpid(), os.getppid()} | (exclude_pids or set())
-    out = subprocess.run(["ps", "-axo", "pid=,command="], capture_output=True, text=True, check=False).stdout
+    # -ww: without it ps cuts lines at $COLUMNS (80 under CI), dropping "-m train_core" from long paths.
+    out = subprocess.run(["ps", "-axww", "-o", "pid=,command="], capture_output=True, text=True, check=False).stdout
     found = []
     rx = [re.compile(p) for p in patterns]
     for line in out.splitlines():

@@ -41,7 +41,9 @@ def test_lock_of_killed_process_does_not_block(tmp_path):
         assert lock.read_text().strip() == str(os.getpid())
 
 
-def test_other_training_job_refuses_the_night():
+def test_other_training_job_refuses_the_night(monkeypatch):
+    # A narrow terminal must not hide the job: ps cuts command lines at $COLUMNS unless told not to.
+    monkeypatch.setenv("COLUMNS", "20")
     # A process whose command line looks like our remote trainer.
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "train_core", "--spec", "x.json"])
     try:

@@ -64,7 +64,7 @@ def run_night(wd: Path, *args: str, timeout: float = 600) -> subprocess.Complete
 
 def processes() -> list[tuple[int, int, str, str]]:
     """(pid, ppid, state, command) of every process (`ps` reads the same on Linux and macOS)."""
-    out = subprocess.run(["ps", "-axo", "pid=,ppid=,stat=,command="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-axww", "-o", "pid=,ppid=,stat=,command="], capture_output=True, text=True).stdout
     rows = []
     for line in out.splitlines():
         parts = line.split(None, 3)
