@@ -28,21 +28,18 @@ def free_port() -> int:
 
 
 def children(pid: int) -> list[int]:
-    """All descendants of pid (from /proc), deepest last."""
+    """All descendants of pid (from ps, as on macOS too), deepest last."""
+    out = subprocess.run(["ps", "-axo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
     parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        ppid = int(text.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(stat.parent.name))
-    out, todo = [], [pid]
+    for line in out.splitlines():
+        child, ppid = (int(x) for x in line.split())
+        parents.setdefault(ppid, []).append(child)
+    out_pids, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
-            out.append(child)
+            out_pids.append(child)
             todo.append(child)
-    return out
+    return out_pids
 
 
 def keygen(path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from common.atomic import sha256_dir
 from common.errors import ConfigError
+from common.procs import pid_alive
 from train_core import (OutOfMemory, RemoteLost, StopTraining, TrainCallback, TrainingTimeout,
                         run_training)
 from train_core.child import ChildFailed, child_env
@@ -132,7 +133,7 @@ def test_interrupt_in_the_parent_kills_the_child_and_propagates(model_dir, data_
     with pytest.raises(KeyboardInterrupt):
         run_training(small_spec(model_dir, data_dir, tmp_path / "a", iters=500), [Interrupt()], progress=False)
     assert seen, "the child was running when the interrupt came"
-    assert not any(Path(f"/proc/{pid}").exists() for pid in seen)
+    assert not any(pid_alive(pid) for pid in seen)
 
 
 def test_exit_codes_map_to_errors(model_dir, tmp_path):
@@ -150,7 +151,5 @@ def test_exit_codes_map_to_errors(model_dir, tmp_path):
 
 
 def _is_train_core(pid: int) -> bool:
-    try:
-        return b"train_core" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    cmd = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True).stdout
+    return "train_core" in cmd
