@@ -389,3 +389,26 @@ def test_import_does_not_pull_optuna():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_budget_guard_keeps_room_for_the_final_validation():
+    """The final validation scores the whole split (here 4x the in-loop subset): the guard
+    stops the loop early enough for it, and never stops after the last step, where it
+    would save nothing."""
+    import time as _time
+
+    from train_core.callbacks import BudgetGuard, TrainContext
+
+    def ctx(ratio: float, elapsed: float) -> TrainContext:
+        spec = TrainSpec(model="m", data_dir="d", adapter_dir="a", iters=100, val_every=1000, budget_s=10.0)
+        c = TrainContext(spec=spec, model=None, tokenizer=None, num_layers_effective=1, trainable_params=1,
+                         started_at=_time.monotonic() - elapsed, last_step_s=1.0, last_val_s=1.0,
+                         final_val_ratio=ratio)
+        return c
+
+    guard = BudgetGuard(10.0)
+    guard.on_train_loss(50, 1.0, ctx(0.0, 5.5))            # no final validation to reserve: 6.5 s < 10
+    with pytest.raises(StopTraining, match="budget"):
+        guard.on_train_loss(50, 1.0, ctx(4.0, 5.5))        # 5.5 + 1 step + 4 s final validation > 10
+    assert ctx(4.0, 0.0).final_val_s == 4.0
+    guard.on_train_loss(100, 1.0, ctx(4.0, 9.9))           # the last step: nothing left to stop

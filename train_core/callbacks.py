@@ -45,6 +45,13 @@ class TrainContext:
     # Durations of the latest step and validation: the budget guard predicts with them.
     last_step_s: float = 0.0
     last_val_s: float = 0.0
+    # The final validation scores the whole split, this many times the in-loop subset (padded tokens):
+    # the guard reserves its predicted time so the run, not just the loop, keeps the budget.
+    final_val_ratio: float = 0.0
+
+    @property
+    def final_val_s(self) -> float:
+        return self.last_val_s * self.final_val_ratio
 
     @property
     def elapsed_s(self) -> float:
@@ -109,10 +116,12 @@ class DivergenceGuard(TrainCallback):
 
 
 class BudgetGuard(TrainCallback):
-    """Stops before the step (plus validation, if one is due) that would overrun the budget.
+    """Stops before the step (plus validation, if one is due) that would leave too little
+    of the budget for the final validation over the whole split.
 
-    It predicts from the latest step's duration, so a run usually ends just under
-    budget_s; a step slower than the one before it can still overshoot by that step.
+    It predicts from the latest step's and validation's durations, so a run usually ends
+    just under budget_s; a step slower than the one before it can still overshoot by that
+    step. Only the adapter save (a fraction of a second) comes on top.
     """
 
     def __init__(self, budget_s: float):
@@ -134,7 +143,8 @@ class BudgetGuard(TrainCallback):
         return ctx.last_step_s + (ctx.last_val_s if val_next else 0.0)
 
     def _check(self, step: int, ctx: TrainContext, next_work_s: float) -> None:
-        if over_budget(ctx.elapsed_s, next_work_s, self.budget_s):
+        # No next work (the last step): stopping would save nothing, the final validation runs anyway.
+        if next_work_s > 0 and over_budget(ctx.elapsed_s, next_work_s + ctx.final_val_s, self.budget_s):
             raise StopTraining(
                 f"budget {self.budget_s:g}s spent ({ctx.elapsed_s:.1f}s at step {step})",
                 stopped_by="budget",

@@ -77,8 +77,9 @@ class TrainingTimeout(subprocess.TimeoutExpired):
 
 
 def hard_timeout_s(budget_s: float) -> float:
-    """The local limit over a budget the child enforces itself: loading the model, the
-    final validation and the save come on top of the budget, and can be slow."""
+    """The local limit over a budget the child enforces itself: loading the model and the
+    save come on top of the budget, and a slow step can overshoot the final validation's
+    prediction."""
     return budget_s * 1.25 + 300.0
 
 

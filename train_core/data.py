@@ -103,3 +103,8 @@ def fixed_batches(dataset, batch_size: int, max_seq_length: int, *, limit: int |
     finally:
         np.random.set_state(state)
 
+
+
+def padded_tokens(batches: list) -> int:
+    """Batch x padded length, summed: what a forward pass over these batches costs."""
+    return sum(int(b[0].shape[0]) * int(b[0].shape[1]) for b in batches)

@@ -34,7 +34,7 @@ class TrainSpec:
     grad_accum: int = 4             # GRAD_ACCUM
     max_seq_length: int = 1280      # MAX_SEQ_LENGTH
     batch_size: int = 4
-    budget_s: float = 900.0         # wall clock for validations + steps (not loading, final val)
+    budget_s: float = 900.0         # wall clock for steps + validations, the final one included (not loading, save)
     val_every: int = 25             # validation at steps 0, k, 2k, ... whatever ITERS is
     val_batches: int = 4            # batches in that (fixed) validation subset
     mask_prompt: bool = True        # loss on the assistant answer only

@@ -32,7 +32,7 @@ from common.errors import ConfigError
 from . import adapter as artifacts
 from .callbacks import (BudgetGuard, DivergenceGuard, NanGuard, StopTraining, TrainCallback,
                         TrainContext, run_hooks)
-from .data import fixed_batches, load_split
+from .data import fixed_batches, load_split, padded_tokens
 from .oom import OutOfMemory, is_allocation_error
 from .progress import RichProgress, muted_mlx_ui
 from .spec import TrainResult, TrainSpec, finite_or_none
@@ -167,8 +167,10 @@ class _Run:
                                                    BudgetGuard(spec.budget_s)]
         val_subset = fixed_batches(valid_set, spec.batch_size, spec.max_seq_length,
                                    limit=spec.val_batches, seed=spec.seed)
+        val_all = fixed_batches(valid_set, spec.batch_size, spec.max_seq_length, limit=None, seed=spec.seed)
         ctx = self.ctx = TrainContext(spec=spec, model=model, tokenizer=tokenizer,
-                                      num_layers_effective=self.layers_effective, trainable_params=trainable)
+                                      num_layers_effective=self.layers_effective, trainable_params=trainable,
+                                      final_val_ratio=padded_tokens(val_all) / max(1, padded_tokens(val_subset)))
         if display:
             display.__enter__()
         try:
@@ -179,8 +181,7 @@ class _Run:
         elapsed = ctx.elapsed_s
 
         model.eval()  # mlx-lm leaves dropout on
-        final_val = _mean_loss(model, fixed_batches(valid_set, spec.batch_size, spec.max_seq_length,
-                                                    limit=None, seed=spec.seed))
+        final_val = _mean_loss(model, val_all)
         config = artifacts.adapter_config(spec, self.layers_effective, os.path.abspath(spec.model), self.base_sha)
         adapter_sha = artifacts.write_adapter(self.tmp, model, config)
         artifacts.publish(self.tmp, Path(spec.adapter_dir))
