@@ -51,6 +51,9 @@ class TrialContext:
     run_training: Callable[..., train_core.TrainResult] = train_core.run_training
     # Why these params must not run (an exact config that already ran out of memory), or None.
     known_oom: Callable[[dict[str, Any]], str | None] = lambda params: None
+    # Evaluates here; full mode with eval_on = "node" passes a study.remote_eval.RemoteEvaluator.
+    # Called as run_eval(EvalConfig, progress=...).
+    run_eval: Callable[..., dict[str, Any]] = run_eval
 
 
 class TrialFailed(Exception):
@@ -164,7 +167,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
             if result.stopped_by in ("nan", "diverged"):
                 raise _fail(trial, result.stopped_by, f"training stopped: {result.stopped_by}")
             t0 = time.time()
-            evaluated = run_eval(EvalConfig(model=str(ctx.model_dir), adapter=str(adapter_dir),
+            evaluated = ctx.run_eval(EvalConfig(model=str(ctx.model_dir), adapter=str(adapter_dir),
                                             council_path=str(ctx.council_path),
                                             max_tokens=ctx.eval_max_tokens, seed=ctx.eval_seed),
                                  progress=ctx.progress)

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.errors import ConfigError
 
@@ -74,6 +74,15 @@ class ModeSettings(_Strict):
     remote_workdir: str = "~/council-train"  # code, data, specs and adapters on the node
     ssh_config: str = ""                # ssh -F file (relative to this file); empty: ssh's own
     accept_new_host_key: bool = False   # first contact: accept and pin an unknown host key
+    # Where the eval (trials, baseline, canary) runs: "local" loads eval_model (or model) here;
+    # "node" runs it on the node against `model` there, for a base model this machine cannot hold.
+    eval_on: Literal["local", "node"] = "local"
+
+    @model_validator(mode="after")
+    def _eval_on_needs_a_node(self) -> "ModeSettings":
+        if self.eval_on == "node" and not self.host:
+            raise ValueError("eval_on = \"node\" needs a training node: set host (full mode)")
+        return self
 
     @field_validator("host")
     @classmethod
@@ -84,8 +93,9 @@ class ModeSettings(_Strict):
 
     @property
     def local_model(self) -> str:
-        """The base model folder on this machine: what the eval (and the baseline) load."""
-        return self.eval_model or self.model
+        """The base model folder the eval (and the baseline) load: on this machine, or on the
+        node with eval_on = "node"."""
+        return self.model if self.eval_on == "node" else (self.eval_model or self.model)
 
 
 class ModesSettings(_Strict):
@@ -231,7 +241,7 @@ class Settings(_Strict):
         s.modes.default = d.mode
         for m in (s.modes.proxy, s.modes.full):
             m.model, m.budget_s, m.eval_s = d.model, d.budget_s, d.eval_s
-        s.modes.full.host = ""  # the demo never leaves this machine
+        s.modes.full.host, s.modes.full.eval_on = "", "local"  # the demo never leaves this machine
         s.train.iters_scale = d.iters_scale
         s.vault.root = d.vault_root
         s.is_demo = True

@@ -82,10 +82,16 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None) -> Plan:
     choice = choose_mode(requested, full.host, ssh_cfg, accept_new=full.accept_new_host_key)
     ms = getattr(settings.modes, choice.mode)
     label = "demo" if ms.model == "demo" else Path(ms.model).expanduser().name
-    # Full mode trains on the node (ms.model is a path there); the eval loads the local copy.
-    if ms.model != "demo" and not Path(ms.local_model).expanduser().is_dir() and not args.dry_run:
+    # Full mode trains on the node (ms.model is a path there); the eval loads the local copy,
+    # unless it runs on the node too (eval_on = "node").
+    evals_here = ms.eval_on == "local"
+    if ms.model != "demo" and evals_here and not Path(ms.local_model).expanduser().is_dir() and not args.dry_run:
         raise ConfigError(settings.file, f"modes.{choice.mode}." + ("eval_model" if ms.eval_model else "model"),
                           f"model folder not found on this machine: {ms.local_model}")
+    if not evals_here and settings.serving.backend == "managed":
+        raise ConfigError(settings.file, "serving.backend",
+                          f'"managed" serves the base model from this machine, but [modes.{choice.mode}] '
+                          'eval_on = "node" says it is only on the node: use launchd, command or none')
     if ms.model != "demo" and not args.dry_run:
         check_sessions(settings, council)
     deadline = next_deadline(deadline_s)

@@ -123,12 +123,14 @@ class Layout:
 
 
 @dataclass
-class RemoteTrainer:
-    """A TrialContext.run_training for full mode: same call, training on the node."""
+class NodeLink:
+    """ssh and rsync to the node, with a lost connection raised as RemoteLost; the node's
+    absolute working and model folders, asked once. RemoteTrainer and
+    study.remote_eval.RemoteEvaluator are built on it."""
 
     node: Node
     code_root: Path = ROOT
-    timings: dict[str, float] = field(default_factory=dict)   # of the latest trial, seconds
+    timings: dict[str, float] = field(default_factory=dict)   # of the latest call, seconds
     _layout: Layout | None = None
 
     # -- plumbing ---------------------------------------------------------------------
@@ -156,7 +158,6 @@ class RemoteTrainer:
     def _timed(self, key: str, t0: float) -> None:
         self.timings[key] = round(time.monotonic() - t0, 3)
 
-    # -- the steps --------------------------------------------------------------------
     def layout(self) -> Layout:
         """The node's absolute working folder (made if missing) and model folder, once."""
         if self._layout is None:
@@ -170,6 +171,24 @@ class RemoteTrainer:
             self._layout = Layout(workdir=_safe(lines[0], "modes.full.remote_workdir"), model=lines[1])
         return self._layout
 
+    @staticmethod
+    def stage_code(stage: Path, code_root: Path, packages: Sequence[str] = CODE_PACKAGES) -> None:
+        """Symlinks to the project's packages under stage/code (rsync --copy-links sends them)."""
+        (stage / "code").mkdir()
+        for pkg in packages:
+            (stage / "code" / pkg).symlink_to(code_root / pkg)
+
+    def push_stage(self, stage: Path, lay: Layout) -> None:
+        """One rsync of a staged tree into the working folder; --checksum sends only files
+        whose bytes changed."""
+        self._rsync([f"{stage}/"], f"{self.node.host}:{lay.workdir}/", "--checksum", "--copy-links",
+                    "--exclude", "__pycache__", "--exclude", "*.pyc")
+
+
+@dataclass
+class RemoteTrainer(NodeLink):
+    """A TrialContext.run_training for full mode: same call, training on the node."""
+
     def remote_spec(self, spec: TrainSpec, lay: Layout) -> tuple[TrainSpec, str, str]:
         """The spec as the node sees it, its data key and its name (the experiment id)."""
         name = _safe(Path(spec.adapter_dir).name, "adapter_dir")
@@ -181,12 +200,10 @@ class RemoteTrainer:
         return remote, key, name
 
     def push(self, spec: TrainSpec, remote: TrainSpec, key: str, name: str, lay: Layout) -> None:
-        """One rsync: code, data and spec; --checksum sends only files whose bytes changed."""
+        """One rsync: code, data and spec."""
         with tempfile.TemporaryDirectory(prefix="council-push-") as tmp:
             stage = Path(tmp)
-            (stage / "code").mkdir()
-            for pkg in CODE_PACKAGES:
-                (stage / "code" / pkg).symlink_to(self.code_root / pkg)
+            self.stage_code(stage, self.code_root)
             (stage / "data" / key).mkdir(parents=True)
             for split in ("train", "valid"):
                 src = Path(spec.data_dir) / f"{split}.jsonl"
@@ -196,8 +213,7 @@ class RemoteTrainer:
             (stage / "specs").mkdir()
             remote.to_json(stage / "specs" / f"{name}.json")
             (stage / "adapters").mkdir()
-            self._rsync([f"{stage}/"], f"{self.node.host}:{lay.workdir}/", "--checksum", "--copy-links",
-                        "--exclude", "__pycache__", "--exclude", "*.pyc")
+            self.push_stage(stage, lay)
 
     def train_command(self, lay: Layout, name: str) -> str:
         # No `exec`: the remote shell outlives python and reports a death by signal as

@@ -9,7 +9,7 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 from optuna.trial import TrialState
@@ -18,8 +18,7 @@ from rich.table import Table
 
 from common.errors import ConfigError
 import train_core
-from evaluation import EvalConfig, read_eval_results, run_eval, write_eval_results
-from evaluation.results import model_sha256
+from evaluation import EvalConfig, read_eval_results, write_eval_results
 from objective import TrialContext, TrialFailed, objective
 from study.deadline import seconds_left, training_budget, trial_fits
 from study.gate import GateConfig, Verdict
@@ -27,9 +26,10 @@ from study.guard import NightAborted
 from study.logs import TrialLogs
 from study.oom import STREAK_LIMIT, known_oom, oom_streak, oom_summary
 from study.remote import Node, RemoteTrainer, proxy_fallback, remote_lost
+from study.remote_eval import LocalEvaluator, make_evaluator
 from study.night import Plan
 from study.promoter import Promoter
-from study.results import export_results
+from study.results import export_results, export_trial
 from study.serving import make_serving
 from study.dbmutex import db_mutex
 from study.follow import reconcile_current, sync_current
@@ -47,20 +47,22 @@ class BaselineKeeper:
     model's (nothing promoted yet). `fixed` pins the first one for the study's life."""
 
     def __init__(self, study: optuna.Study, promoter: Promoter, cache_dir: Path, model_dir: Path,
-                 council_path: Path, policy: str, max_tokens: int, seed: int, progress: bool):
+                 council_path: Path, policy: str, max_tokens: int, seed: int, progress: bool,
+                 evaluator: Any = None):
         self.study, self.promoter, self.policy = study, promoter, policy
         self.cache_dir, self.model_dir, self.council_path = cache_dir, model_dir, council_path
         self.max_tokens, self.seed, self.progress = max_tokens, seed, progress
+        self.evaluator = evaluator or LocalEvaluator()   # study.remote_eval: here or on the node
 
     def _base_eval_path(self) -> Path:
-        return self.cache_dir / "baseline" / model_sha256(self.model_dir)[:16] / "eval_results.json"
+        return self.cache_dir / "baseline" / self.evaluator.model_sha256(self.model_dir)[:16] / "eval_results.json"
 
     def ensure_base_eval(self) -> Path:
         path = self._base_eval_path()
         if not path.exists():
-            res = run_eval(EvalConfig(model=str(self.model_dir), adapter=None,
-                                      council_path=str(self.council_path),
-                                      max_tokens=self.max_tokens, seed=self.seed), progress=self.progress)
+            res = self.evaluator(EvalConfig(model=str(self.model_dir), adapter=None,
+                                            council_path=str(self.council_path),
+                                            max_tokens=self.max_tokens, seed=self.seed), progress=self.progress)
             write_eval_results(path, res)
         return path
 
@@ -123,12 +125,11 @@ class NightRunner:
             return cache[key]
         return prepare
 
-    def _canary(self, model_dir: Path, promoter: Promoter) -> None:
+    def _canary(self, model_dir: Path, promoter: Promoter, evaluator: Any) -> None:
         """One case per category through every eval code path (~2 s) before a long night:
         a broken adapter or config stops the night here, not after hours of training."""
-        from evaluation import canary
         cur = promoter.current()
-        problems = canary(EvalConfig(model=str(model_dir), adapter=str(cur) if cur else None,
+        problems = evaluator.canary(EvalConfig(model=str(model_dir), adapter=str(cur) if cur else None,
                                      council_path=str(self.p.council_path), max_tokens=self.s.eval.max_tokens,
                                      seed=self.s.eval.seed))
         if problems:
@@ -148,10 +149,11 @@ class NightRunner:
         if not report.ok:
             raise ConfigError(str(data.dir / "train.jsonl"), None, report.message())
 
-    def _studies_for_export(self, storage) -> list[optuna.Study]:
+    def _studies_for_export(self, storage) -> Iterator[optuna.Study]:
+        # Lazy: after a trial they are loaded only when results.tsv must be rebuilt whole.
         prefix = self.s.study.name_prefix + "-"
-        return [optuna.load_study(study_name=name, storage=storage)
-                for name in optuna.get_all_study_names(storage) if name.startswith(prefix)]
+        return (optuna.load_study(study_name=name, storage=storage)
+                for name in optuna.get_all_study_names(storage) if name.startswith(prefix))
 
     # -- the night ---------------------------------------------------------------------
     def run(self) -> int:
@@ -164,6 +166,7 @@ class NightRunner:
             if enable_fast_blas():
                 self.console.print("[dim]mlx CPU matrix products: OpenBLAS (common/fastblas.py)[/]")
             model_dir, sessions = self._model_and_sessions()
+            evaluator = make_evaluator(ms, s.root)
             self.serving = make_serving(s, model_dir, p.adapters_root)
             prepare = self._data_preparer(sessions)
             import corpus
@@ -203,7 +206,8 @@ class NightRunner:
                         upload_artifact(artifact_store=artifacts, file_path=str(f), study_or_trial=trial)
             vault = Vault(s.path(s.vault.root), retention=s.vault.retention)
             keeper = BaselineKeeper(study, promoter, s.path(s.paths.cache), model_dir, p.council_path,
-                                    s.study.baseline_policy, s.eval.max_tokens, s.eval.seed, p.progress)
+                                    s.study.baseline_policy, s.eval.max_tokens, s.eval.seed, p.progress,
+                                    evaluator=evaluator)
             repaired = reconcile_current(study, promoter, storage_url)
             if repaired:
                 self.console.print(f"[yellow]study baseline set to {repaired['id']}, the adapter adapters/current "
@@ -214,12 +218,12 @@ class NightRunner:
                 # Promoted before eval summaries were kept in the study: this machine's copy.
                 f = promoter.promoted / exp_id / "eval_results.json"
                 return read_eval_results(f) if f.exists() else None
-            baselines = SharedBaseline(study, storage_url, model_sha256(model_dir)[:16],
+            baselines = SharedBaseline(study, storage_url, evaluator.model_sha256(model_dir)[:16],
                                        lambda: read_eval_results(keeper.ensure_base_eval()),
                                        policy=s.study.baseline_policy, legacy_eval=legacy_eval)
             with self.serving.paused():
                 night_baseline = baselines.current()  # the base model's eval: once per base model, for all workers
-                self._canary(model_dir, promoter)
+                self._canary(model_dir, promoter, evaluator)
             self.report_path = s.path(s.paths.reports) / f"{datetime.now():%Y-%m-%d}.md"
 
             def suggest(trial: optuna.Trial) -> dict:
@@ -267,11 +271,12 @@ class NightRunner:
                 run_training=(RemoteTrainer(Node.from_settings(ms, s.root)) if p.mode.mode == "full"
                               else train_core.run_training),
                 known_oom=lambda params: known_oom(study, params),
+                run_eval=evaluator,
             )
 
             def after_trial(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                 with db_mutex(storage_url, f"results:{p.study_name}"):
-                    export_results(self._studies_for_export(storage), s.path(s.paths.results))
+                    export_trial(self._studies_for_export(storage), study_, trial, s.path(s.paths.results))
                 sync_current(study_, promoter, s)
                 self._vault_entry(vault, trial)
                 self._print_trial(trial)

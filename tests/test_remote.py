@@ -16,6 +16,7 @@ from common.errors import ConfigError
 from objective import TrialContext, TrialFailed, objective
 from study.modes import choose_mode
 from study.remote import Node, RemoteTrainer, remote_lost, remote_path, ssh_argv
+from study.remote_eval import RemoteEvaluator
 from study.results import export_results
 
 from sshd_node import SshNode, keygen, free_port, have_sshd
@@ -67,7 +68,7 @@ def suggest_fixed(iters: int):
 
 
 def trial_context(tmp: Path, model: Path, data_dir: Path, run_training, serving: Serving, iters: int,
-                  log=lambda trial, line: None) -> TrialContext:
+                  log=lambda trial, line: None, **kw) -> TrialContext:
     return TrialContext(
         mode="full", model_dir=model, model_name="demo", suggest=suggest_fixed(iters),
         prepare_data=lambda ratio: SimpleNamespace(dir=data_dir, hash=data_dir.name),
@@ -76,7 +77,7 @@ def trial_context(tmp: Path, model: Path, data_dir: Path, run_training, serving:
         on_verdict=lambda trial, verdict, evaluated, adapter_dir: verdict.result,
         train_defaults=dict(batch_size=2, val_every=2, val_batches=1, lr_schedule="constant"),
         eval_max_tokens=4, prune=False, pause_serving=serving.paused, progress=False, log=log,
-        run_training=run_training,
+        run_training=run_training, **kw,
     )
 
 
@@ -228,3 +229,64 @@ def test_proxy_fallback_plan_switches_mode_model_and_study(tmp_path):
     assert (back.mode.mode, back.mode.reason) == ("proxy", "training node lost in trial 7")
     assert (back.model, back.study_name) == (proxy.model, proxy.study_name)
     assert back.adapters_root == proxy.adapters_root != full.adapters_root
+
+
+# ---------------------------------------------------------------- the eval on the node
+
+def test_eval_on_the_node_when_the_model_is_only_there(sshd, demo_assets, data_dir, tmp_path):
+    """eval_on = "node": trained and evaluated on the node's model; this machine's model
+    path does not exist, so nothing here could have loaded it. Only the results come back."""
+    import json
+    import shutil
+
+    from evaluation import EvalConfig
+    from evaluation.results import model_sha256
+
+    node_model = tmp_path / "node-model"
+    shutil.copytree(demo_assets.model_dir, node_model)
+    trainer = RemoteTrainer(make_node(sshd, tmp_path / "node", node_model))
+    evaluator = RemoteEvaluator(make_node(sshd, tmp_path / "node", node_model))
+    nowhere = tmp_path / "not-on-this-machine"
+    assert evaluator.model_sha256(nowhere) == model_sha256(demo_assets.model_dir)   # same bytes, hashed there
+    assert evaluator.canary(EvalConfig(model=str(nowhere), council_path=str(REPO / "council.yaml"),
+                                       max_tokens=4)) == []
+
+    ctx = trial_context(tmp_path, nowhere, data_dir, trainer, Serving(), iters=4, run_eval=evaluator)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: objective(t, ctx), n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("fail_detail")
+    results = json.loads((Path(t.user_attrs["eval_results"])).read_text())
+    assert results["repro"]["base_model"]["path"] == str(node_model)     # the node's copy
+    assert results["repro"]["adapter"]["path"].startswith(str(tmp_path / "node" / "eval"))
+    assert 0 < results["overall"] <= 1 and t.value == results["overall"]
+    assert list((tmp_path / "node" / "eval").iterdir()) == []              # removed once fetched
+    assert set(evaluator.timings) == {"push_s", "eval_s", "fetch_s"}
+
+    broken = tmp_path / "broken-council.yaml"
+    broken.write_text("agents: [\n")
+    # The eval's own one-line error, about the council.yaml the node got from broken-council.yaml.
+    with pytest.raises(ConfigError, match=f"eval on {sshd.alias}: error: .*council.yaml: YAML syntax error"):
+        evaluator(EvalConfig(model=str(nowhere), council_path=str(broken), max_tokens=4))
+
+
+def test_eval_on_node_is_checked_against_its_settings(sshd, tmp_path):
+    import argparse
+
+    from study.config import load_settings
+    from study.night import plan
+    from night_fixtures import make_workdir
+
+    alone = make_workdir(tmp_path / "alone", overrides={'eval_on = "local"': 'eval_on = "node"'})
+    with pytest.raises(ConfigError, match="eval_on.*needs a training node"):
+        load_settings(alone / "autoresearch.toml")
+
+    wd = make_workdir(tmp_path / "managed", overrides={
+        'eval_on = "local"': 'eval_on = "node"', 'backend = "none"': 'backend = "managed"',
+        'host = ""                # ssh host': f'host = "{sshd.alias}"                # ssh host',
+        'ssh_config = ""          # ssh -F file; empty: ~/.ssh/config': f'ssh_config = "{sshd.ssh_config}"'})
+    args = argparse.Namespace(config=str(wd / "autoresearch.toml"), demo=False, dry_run=True, mode="full",
+                              full=False, skip_prepare=False, no_progress=True, deadline=None, max_trials=None)
+    with pytest.raises(ConfigError) as exc:
+        plan(args)
+    assert exc.value.key == "serving.backend" and "only on the node" in str(exc.value)
