@@ -90,6 +90,8 @@ class NightRunner:
         self.report_path: Path | None = None
         self.fallback: Plan | None = None
         self.ooms_in_a_row = 0
+        self._open: tuple | None = None     # (study, storage, vault) once opened
+        self._reported: set[int] = set()     # tonight's trials already in results.tsv and the vault
 
     # -- building what the plan names -------------------------------------------------
     def _model_and_sessions(self) -> tuple[Path, Path]:
@@ -205,6 +207,7 @@ class NightRunner:
                     if f.is_file():
                         upload_artifact(artifact_store=artifacts, file_path=str(f), study_or_trial=trial)
             vault = Vault(s.path(s.vault.root), retention=s.vault.retention)
+            self._open = (study, storage, vault)
             keeper = BaselineKeeper(study, promoter, s.path(s.paths.cache), model_dir, p.council_path,
                                     s.study.baseline_policy, s.eval.max_tokens, s.eval.seed, p.progress,
                                     evaluator=evaluator)
@@ -279,6 +282,7 @@ class NightRunner:
                     export_trial(self._studies_for_export(storage), study_, trial, s.path(s.paths.results))
                 sync_current(study_, promoter, s)
                 self._vault_entry(vault, trial)
+                self._reported.add(trial.number)
                 self._print_trial(trial)
                 tonight = [t for t in study_.get_trials(deepcopy=False) if t.number in self.tonight]
                 if oom_streak(tonight) >= STREAK_LIMIT:
@@ -311,6 +315,9 @@ class NightRunner:
                 from study.report import build_report
                 self.report_path = build_report(study, datetime.now().date(), s.path(s.paths.reports), night_baseline)
             self._summary(study, promoter, time.time() - started)
+        except BaseException:
+            self._save_what_ended()
+            raise
         finally:
             # The user's model is back up whatever happened tonight.
             if self.serving is not None:
@@ -321,6 +328,23 @@ class NightRunner:
         return 0
 
     # -- reporting ---------------------------------------------------------------------
+    def _save_what_ended(self) -> None:
+        """The night ends early (SIGTERM from launchd, a crash): the trial that was running
+        has ended as FAIL; it goes into results.tsv and the vault now, not next night."""
+        if self._open is None:
+            return
+        study, storage, vault = self._open
+        s = self.s
+        try:
+            with db_mutex(s.storage_url(), f"results:{self.p.study_name}"):
+                export_results(self._studies_for_export(storage), s.path(s.paths.results))
+            for t in study.get_trials(deepcopy=False):
+                if t.number in self.tonight and t.state.is_finished() and t.number not in self._reported:
+                    self._vault_entry(vault, t)
+                    self._reported.add(t.number)
+        except Exception as exc:  # noqa: BLE001 - best effort on the way out; the study has it all
+            self.console.print(f"[red]could not write results.tsv / the vault on the way out: {exc}[/]")
+
     def _vault_entry(self, vault: Vault, t: optuna.trial.FrozenTrial) -> None:
         ua = t.user_attrs
         if "experiment_id" not in ua:

@@ -1,6 +1,7 @@
 """SIGTERM (what launchd sends) while the night trains: the trial ends as FAIL with result
-`failed:terminated`, the training child is gone, council-mlx (a real `mlx_lm server`) is
-back up, the lock is released, and the night exits 143 within 30 s."""
+`failed:terminated`, in results.tsv and the vault before the night exits (not next night),
+the training child is gone, council-mlx (a real `mlx_lm server`) is back up, the lock is
+released, and the night exits 143 within 30 s."""
 from __future__ import annotations
 
 import signal
@@ -9,8 +10,8 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from faultlib import (alive, free_port, health, load_study, managed_serving, planted_hits, start_night,
-                      stop_server, wait_for_training, wait_until)
+from faultlib import (alive, free_port, health, load_study, managed_serving, planted_hits, read_results,
+                      start_night, stop_server, wait_for_training, wait_until)
 from study.guard import GuardError, NightLock
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,12 @@ def test_sigterm_ends_the_trial_restarts_serving_and_releases_the_lock(fault_wor
     assert all(t.state == TrialState.WAITING for t in queued)   # the warm start, untouched
     assert trial.user_attrs["result"] == "failed:terminated"
     assert trial.user_attrs["fail_reason"] == "terminated"
+    # Recorded on the way out, where the user reads it in the morning.
+    rows = read_results(wd)
+    assert list(rows["experiment_id"]) == [trial.user_attrs["experiment_id"]]
+    assert list(rows["result"]) == ["failed:terminated"]
+    [entry] = (wd / "demo-vault").rglob(f"autoresearch-{trial.user_attrs['experiment_id']}.md")
+    assert "failed:terminated" in entry.read_text()
     # The lock is free: this process can take it at once.
     try:
         NightLock(wd / "cache" / "nightly.lock").acquire().release()
