@@ -1,7 +1,10 @@
 """results.tsv: the experiment log, exported from the study (the study is the source of truth).
 
-Rewritten whole and atomically after every trial, so it can never disagree with the study
-for longer than one trial, and a crash mid-write leaves the previous complete file.
+Rewritten atomically after every trial, so it can never disagree with the study for longer
+than one trial, and a crash mid-write leaves the previous complete file. After a trial only
+that trial's row is read from the study and merged into the file's rows (`export_trial`):
+reading every trial of every study each time cost the night more the longer its history.
+The night's end exports everything again from the study (`export_results`).
 Plain tab-separated text (no quoting), as the seed's hand-kept log was: `cut -f`, awk and
 pandas `read_csv(sep="\\t")` all read it. Whitespace runs inside a value (tabs, newlines) become one space,
 and a leading double quote is dropped, since pandas would otherwise start a quoted field.
@@ -100,6 +103,43 @@ def export_results(studies: Iterable[optuna.Study], path: Path | str) -> int:
             row = trial_row(trial, study.study_name)
             if row is not None:
                 rows.append(row)
-    rows.sort(key=lambda r: (str(r["timestamp"]), str(r["experiment_id"])))
+    rows.sort(key=_sort_key)
     atomic_write_text(Path(path).expanduser(), render(rows))
+    return len(rows)
+
+
+def _sort_key(row: dict[str, Any]) -> tuple[str, str]:
+    return str(row["timestamp"]), str(row["experiment_id"])
+
+
+def _file_rows(path: Path) -> list[list[str]] | None:
+    """The file's rows as cells, or None when it is missing or not this format."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    if not lines or lines[0].split("\t") != HEADER:
+        return None
+    rows = [line.split("\t") for line in lines[1:]]
+    return rows if all(len(r) == len(HEADER) for r in rows) else None
+
+
+def export_trial(studies: Iterable[optuna.Study], study: optuna.Study, trial: FrozenTrial,
+                 path: Path | str) -> int:
+    """Merge one finished trial's row into path (its earlier row, same experiment id and
+    timestamp, replaced); the whole export when the file is missing or unreadable. Returns
+    the row count."""
+    path = Path(path).expanduser()
+    old = _file_rows(path)
+    if old is None:
+        return export_results(studies, path)
+    row = trial_row(trial, study.study_name)
+    if row is None:
+        return len(old)
+    new = [_cell(row.get(col)) for col in HEADER]
+    i_id, i_ts = HEADER.index("experiment_id"), HEADER.index("timestamp")
+    rows = [r for r in old if (r[i_id], r[i_ts]) != (new[i_id], new[i_ts])] + [new]
+    # Same order as export_results: by the cells it sorts on, which are the values' text.
+    rows.sort(key=lambda r: (r[i_ts], r[i_id]))
+    atomic_write_text(path, "\n".join(["\t".join(HEADER)] + ["\t".join(r) for r in rows]) + "\n")
     return len(rows)

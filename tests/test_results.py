@@ -157,3 +157,53 @@ def test_holdout_score_is_appended_after_config(studies, tmp_path):
         lines = fh.read().splitlines()
     cells = lines[2].split("\t")                                           # exp-002's row
     assert cells[DESIGN_COLUMNS.index("config")].startswith("{") and cells[-1] == "0.5871428571428572"
+
+
+class Counting:
+    """A real study whose get_trials calls are counted: the per-trial export must not read
+    the whole history."""
+
+    def __init__(self, study):
+        self.study, self.study_name, self.reads = study, study.study_name, 0
+
+    def get_trials(self, *a, **kw):
+        self.reads += 1
+        return self.study.get_trials(*a, **kw)
+
+
+def test_export_trial_merges_one_row_and_matches_the_full_export(studies, tmp_path):
+    path, full = tmp_path / "results.tsv", tmp_path / "full.tsv"
+    storage = f"sqlite:///{tmp_path / 'night.db'}"
+    night = optuna.create_study(storage=storage, study_name="council-proxy-night", direction="maximize")
+    finish(night, {"experiment_id": "exp-010", "timestamp": "2026-03-20T03:20:00+01:00", "result": "kept"}, value=0.7)
+    export_results([*studies, night], path)
+    finish(night, {"experiment_id": "exp-011", "timestamp": "2026-03-20T02:30:00+01:00", "result": "discard",
+                   "reasons": ["a\ttab"]}, value=0.6)
+    counted = [Counting(s) for s in (*studies, night)]
+    assert export_results_and_trial(counted, night, path) == 8
+    assert all(c.reads == 0 for c in counted)        # only the new trial was read
+    export_results([*studies, night], full)
+    assert path.read_text() == full.read_text()      # same rows, same order, same cells
+    # The same trial again (e.g. its attrs changed): its row is replaced, not duplicated.
+    night.set_user_attr("unrelated", 1)
+    assert export_results_and_trial(counted, night, path) == 8
+    assert path.read_text() == full.read_text()
+
+
+def export_results_and_trial(counted, night, path):
+    from study.results import export_trial
+    return export_trial(counted, night, night.get_trials()[-1], path)
+
+
+def test_export_trial_rebuilds_a_missing_or_foreign_file(studies, tmp_path):
+    from study.results import export_trial
+    path, full = tmp_path / "results.tsv", tmp_path / "full.tsv"
+    export_results(studies, full)
+    last = [t for t in studies[0].get_trials() if t.state.is_finished()][-1]
+    for content in (None, "a\tb\n", "", full.read_text().replace("\tholdout_score", "")):
+        if content is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(content)
+        assert export_trial(studies, studies[0], last, path) == 6
+        assert path.read_text() == full.read_text()

@@ -188,3 +188,19 @@ def test_statistics_section_tolerates_partial_records(tmp_path):
     assert "| domain | n/a | n/a | n/a | n/a | n/a | n/a |" in body
     _, body = split(Vault(tmp_path).write(entry(i=2)))
     assert "## Statistics" not in body
+
+
+def test_retention_date_read_fast_agrees_with_the_yaml(tmp_path):
+    # Retention reads the date line alone; it must be the date the full front matter holds,
+    # and a hand-edited entry (date unquoted, keys moved) must still sort by its own date.
+    from study.vault import _entry_date
+    vault = Vault(tmp_path, retention=10)
+    for i, when in enumerate([datetime(2026, 3, 1, 2, 0), datetime(2026, 3, 1, 2, 30, tzinfo=CET),
+                              datetime(2026, 3, 1, 3, 0, 0, 123456, tzinfo=timezone.utc)]):
+        path = vault.write(entry(i, when))
+        assert _entry_date(path) == read_front_matter(path)["date"] == when.isoformat(timespec="seconds")
+    hand = tmp_path / "events" / "2026" / "03" / "autoresearch-hand.md"
+    hand.write_text("---\nid: hand\nnote: 'date: 1999-01-01'\ndate: 2026-02-01T00:00:00+00:00\n---\n\nbody\n")
+    assert str(_entry_date(hand))[:10] == "2026-02-01"
+    Vault(tmp_path, retention=3).enforce_retention()
+    assert [p.name for p in tmp_path.glob("archive/*/*/*.md")] == ["autoresearch-hand.md"]
