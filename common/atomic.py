@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def sweep_temp_files(folder: str | os.PathLike, *, recursive: bool = False, older_than_s: float = 600.0) -> list[Path]:
+    """Removes the `.<name>.<random>.tmp` files atomic_write_bytes leaves when its writer is
+    killed mid-write; returns them. Only files older than `older_than_s`: a younger one may
+    be another worker's write in progress."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    found = root.rglob(".*.tmp") if recursive else root.glob(".*.tmp")
+    removed = []
+    for f in found:
+        try:
+            if f.is_file() and not f.is_symlink() and f.stat().st_mtime < cutoff:
+                f.unlink()
+                removed.append(f)
+        except FileNotFoundError:   # swept by another worker meanwhile
+            pass
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

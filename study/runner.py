@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
+from common.atomic import sweep_temp_files
 from common.errors import ConfigError
 import train_core
 from evaluation import EvalConfig, read_eval_results, write_eval_results
@@ -189,6 +190,7 @@ class NightRunner:
             logs = TrialLogs(s.path(s.paths.logs), s.schedule.keep_logs,
                              echo=None if p.progress else (lambda line: self.console.print("  " + line)))
             logs.rotate()
+            self._sweep_temp_files()
             from optuna.artifacts import FileSystemArtifactStore, upload_artifact
             art_dir = s.path(s.paths.artifacts)
             art_dir.mkdir(parents=True, exist_ok=True)
@@ -326,6 +328,17 @@ class NightRunner:
         if self.fallback is not None and left > 0:
             return NightRunner(dataclasses.replace(self.fallback, max_trials=left), self.console).run()
         return 0
+
+    def _sweep_temp_files(self) -> None:
+        """Temp files of writes killed mid-way (an earlier night's SIGKILL): never a
+        target, but litter in the folders the user reads."""
+        s = self.s
+        folders = ((s.path(s.paths.results).parent, False), (s.path(s.paths.reports), False),
+                   (s.path(s.vault.root), True), (s.path(s.paths.experimental), True), (self.p.adapters_root, True))
+        swept = [f for folder, recursive in folders for f in sweep_temp_files(folder, recursive=recursive)]
+        if swept:
+            self.console.print(f"[dim]removed {len(swept)} temp file(s) left by interrupted writes: "
+                               + ", ".join(str(f) for f in swept[:3]) + (" …" if len(swept) > 3 else "") + "[/]")
 
     # -- reporting ---------------------------------------------------------------------
     def _save_what_ended(self) -> None:

@@ -135,9 +135,19 @@ def test_mlx_lm_cli_loads_our_adapter(night, demo_assets):
 
 
 def test_second_night_resumes_the_study(night):
+    import os
+    import time
     wd, _ = night
+    # What a write killed mid-way leaves (common.atomic): an old one is swept, a young one
+    # (maybe another worker's write in progress) is not.
+    stale, young = wd / ".results.tsv.k1ll3d.tmp", wd / "demo-vault" / ".entry.md.x7y8z9.tmp"
+    for f in (stale, young):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("half")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     out = run_night(wd, "--max-trials", "1")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert not stale.exists() and young.exists()
     study = optuna.load_study(study_name="council-proxy-demo", storage=f"sqlite:///{wd / 'autoresearch.db'}")
     numbers = sorted(t.number for t in study.trials if t.state.is_finished())
     assert numbers == [0, 1, 2]

@@ -22,6 +22,7 @@ import pandas as pd
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from common.atomic import sweep_temp_files
 from study.results import HEADER, export_results
 from study.vault import Vault, VaultEntry, read_front_matter, render
 
@@ -77,8 +78,9 @@ def kill_while_writing(target: Path, write: Callable[[int], None], versions: lis
         check(target)
         leftovers = list(target.parent.glob(f".{target.name}.*.tmp"))
         interrupted += bool(leftovers)
-        for f in leftovers:   # a killed writer's temp file: harmless, and never the target
-            f.unlink()
+        # A killed writer's temp file: harmless, never the target, and swept by the next night.
+        assert sorted(sweep_temp_files(target.parent, recursive=True, older_than_s=0)) == sorted(leftovers)
+        assert target.read_bytes() == data
     return interrupted
 
 
