@@ -56,6 +56,18 @@ class TrialContext:
     run_eval: Callable[..., dict[str, Any]] = run_eval
 
 
+def record_comparison(eval_path: Path, evaluated: dict, verdict: Verdict, *, against: str | None = None) -> None:
+    """The verdict into eval_results' `comparison` block (what the promoted copy carries);
+    a re-judge against a newer baseline (`against`) replaces it and keeps the first one's
+    result as `rejudged_from`."""
+    first = evaluated.get("comparison")
+    evaluated["comparison"] = {**verdict.stats(), "result": verdict.result, "reasons": list(verdict.reasons)}
+    if against is not None and first:
+        evaluated["comparison"].update(against=against, rejudged_from={"result": first.get("result"),
+                                                                       "baseline": first.get("baseline")})
+    write_eval_results(eval_path, evaluated)
+
+
 class TrialFailed(Exception):
     """A trial that ended without a score; its reason is in the `result` user attr."""
 
@@ -184,8 +196,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
 
         verdict = judge(evaluated, ctx.baseline(), ctx.gate)
         trial.set_user_attr("stats", verdict.stats())
-        evaluated["comparison"] = {**verdict.stats(), "result": verdict.result, "reasons": list(verdict.reasons)}
-        write_eval_results(eval_path, evaluated)
+        record_comparison(eval_path, evaluated, verdict)
         for key, value in verdict.constraints.items():
             trial.set_constraint(key, value)
         trial.set_user_attr("feasible", verdict.feasible)

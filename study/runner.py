@@ -20,7 +20,7 @@ from common.atomic import sweep_temp_files
 from common.errors import ConfigError
 import train_core
 from evaluation import EvalConfig, read_eval_results, write_eval_results
-from objective import TrialContext, TrialFailed, objective
+from objective import TrialContext, TrialFailed, objective, record_comparison
 from study.deadline import seconds_left, training_budget, trial_fits
 from study.gate import GateConfig, Verdict
 from study.guard import NightAborted
@@ -36,7 +36,8 @@ from study.dbmutex import db_mutex
 from study.follow import reconcile_current, sync_current
 from study.gate import judge
 from study.storage import open_storage, open_study, recover_local_trials, worker_id
-from study.workers import Candidate, SharedBaseline, night_id, promote_cas, run_night, tonight
+from study.workers import (BASE_ID, Candidate, SharedBaseline, night_id, promote_cas, read_baseline, run_night,
+                           tonight)
 from study.vault import Vault, VaultEntry
 
 # Parameters worth a column on the morning screen.
@@ -254,9 +255,17 @@ class NightRunner:
                 if verdict.result != "kept":
                     return verdict.result
                 exp_id = trial.user_attrs["experiment_id"]
+
+                def rejudge(base: dict) -> Verdict:
+                    # Before the promoter copies the adapter folder: the copy carries the deciding verdict.
+                    v = judge(evaluated, base, gate_cfg)
+                    ref = read_baseline(study)
+                    record_comparison(adapter_dir / "eval_results.json", evaluated, v,
+                                      against=ref.id if ref is not None else BASE_ID)
+                    return v
                 out = promote_cas(
                     study, storage_url, Candidate(trial, exp_id, evaluated, verdict, judged_id),
-                    rejudge=lambda base: judge(evaluated, base, gate_cfg), baselines=baselines,
+                    rejudge=rejudge, baselines=baselines,
                     moving=s.study.baseline_policy == "ratchet",
                     promote=lambda v: promoter.promote(adapter_dir, exp_id, meta={
                         "score": v.score, "baseline": v.baseline, "study": p.study_name, "trial": trial.number}))

@@ -512,3 +512,22 @@ def test_to_dict_carries_per_category_and_holdout():
     assert set(d["per_category"]["domain"]) == {"n", "delta", "ci", "p_better", "p_not_worse",
                                                 "tie_rate", "p_adjusted"}
     assert d["holdout"]["delta"] == pytest.approx(0.2) and d["holdout"]["delta_ci"] == pytest.approx([0.2, 0.2])
+
+
+def test_a_rejudge_replaces_the_comparison_the_adapter_folder_carries(tmp_path):
+    """The comparison block of eval_results.json is the deciding verdict: after a re-judge
+    against a newer baseline (another worker promoted meanwhile) it is the second one,
+    naming that baseline and the first result."""
+    from evaluation.results import read_eval_results
+    from objective import record_comparison
+
+    path = tmp_path / "eval_results.json"
+    cand = summary(0.65)
+    record_comparison(path, cand, judge(cand, BASE, GateConfig()))
+    assert read_eval_results(path)["comparison"]["result"] == "kept"
+    newer = summary(0.64)
+    record_comparison(path, cand, judge(cand, newer, GateConfig()), against="exp-b")
+    got = read_eval_results(path)["comparison"]
+    assert (got["result"], got["against"], got["rejudged_from"]) == (
+        "reverted", "exp-b", {"result": "kept", "baseline": 0.6})
+    assert got["baseline"] == pytest.approx(0.64)
