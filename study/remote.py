@@ -38,6 +38,7 @@ from study import modes
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE_PACKAGES = ("train_core", "common")          # all a training node needs of this project
+ABANDONED_MIN = 180                               # node-side leftovers older than this are swept
 SSH_LOST = 255                                    # ssh's own failure (no route, reset, timeout)
 RSYNC_LOST = (10, 12, 30, 35, 255)                # socket I/O, protocol stream, timeouts, ssh
 # Paths rsync passes to the remote side: old rsyncs (macOS) send them through the remote
@@ -159,10 +160,15 @@ class NodeLink:
         self.timings[key] = round(time.monotonic() - t0, 3)
 
     def layout(self) -> Layout:
-        """The node's absolute working folder (made if missing) and model folder, once."""
+        """The node's absolute working folder (made if missing) and model folder, once.
+        On the way, adapters and eval jobs older than ABANDONED_MIN (a connection lost
+        mid-trial left them; nothing fetches them any more) are removed."""
         if self._layout is None:
             w, m = remote_path(self.node.workdir), remote_path(self.node.model)
-            out = self._ssh(f"mkdir -p {w} && cd {w} && pwd && cd {m} && test -f config.json && pwd")
+            sweep = (f"find adapters eval specs -mindepth 1 -maxdepth 1 -mmin +{ABANDONED_MIN} "
+                     "-exec rm -rf -- {} + 2>/dev/null")   # find's -exec: POSIX, BSD (macOS) and GNU alike
+            out = self._ssh(f"mkdir -p {w} && cd {w} && mkdir -p adapters eval specs && {{ {sweep}; true; }} "
+                            f"&& pwd && cd {m} && test -f config.json && pwd")
             lines = out.stdout.split()
             if out.returncode != 0 or len(lines) != 2:
                 key = "modes.full.model" if len(lines) == 1 else "modes.full.remote_workdir"

@@ -157,6 +157,26 @@ def _key_suffix(data_dir: Path) -> str:
     return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
 
 
+def test_leftovers_of_a_lost_trial_are_swept_on_the_node(sshd, demo_assets, tmp_path):
+    """A connection lost mid-trial leaves the node's adapter (and spec) behind; the next
+    night's first contact removes what is older than ABANDONED_MIN, nothing younger."""
+    import os
+    from study.remote import ABANDONED_MIN
+    node = tmp_path / "node"
+    old_adapter, old_spec, young = node / "adapters" / "proxy-x-1", node / "specs" / "proxy-x-1.json", node / "eval" / "y"
+    for d in (old_adapter, young):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "adapters.safetensors").write_bytes(b"x")
+    old_spec.parent.mkdir(parents=True)
+    old_spec.write_text("{}")
+    past = time.time() - (ABANDONED_MIN + 5) * 60
+    for p in (old_adapter, old_spec):
+        os.utime(p, (past, past))
+    RemoteTrainer(make_node(sshd, node, Path(demo_assets.model_dir))).layout()
+    assert not old_adapter.exists() and not old_spec.exists()
+    assert (young / "sub" / "adapters.safetensors").is_file()
+
+
 def test_push_sends_only_what_changed(sshd, demo_assets, data_dir, tmp_path):
     model = Path(demo_assets.model_dir)
     trainer = RemoteTrainer(make_node(sshd, tmp_path / "node", model))
