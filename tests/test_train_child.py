@@ -72,7 +72,8 @@ def test_protocol_lines_round_trip():
 
 def test_cli_events_stream_and_parent_gone(model_dir, data_dir, tmp_path):
     """The raw protocol: every stdout line is an event; closing stdin (the parent or its
-    ssh connection gone) stops the run at the next step, adapter still written."""
+    ssh connection gone) stops the run at the next step, and writes no adapter: nobody
+    is left to evaluate it."""
     spec = small_spec(model_dir, data_dir, tmp_path / "a", iters=30, val_every=2)
     spec.to_json(tmp_path / "spec.json")
     proc = subprocess.Popen([sys.executable, "-m", "train_core", "--spec", str(tmp_path / "spec.json"),
@@ -89,7 +90,8 @@ def test_cli_events_stream_and_parent_gone(model_dir, data_dir, tmp_path):
     assert events[0]["num_layers_effective"] == 2 and events[0]["trainable_params"] > 0
     result = events[-1]["result"]
     assert result["stopped_by"] == "callback:parent_gone" and result["iters_done"] < 30
-    assert result["adapter_sha256"] == sha256_dir(tmp_path / "a", "*.safetensors")
+    assert result["adapter_sha256"] == "" and not (tmp_path / "a").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a temp adapter folder was left"
 
 
 def test_parent_callbacks_see_events_and_stop_the_child(model_dir, data_dir, tmp_path):

@@ -33,6 +33,7 @@ from . import adapter as artifacts
 from .callbacks import (BudgetGuard, DivergenceGuard, NanGuard, StopTraining, TrainCallback,
                         TrainContext, run_hooks)
 from .data import fixed_batches, load_split, padded_tokens
+from .events import PARENT_GONE
 from .oom import OutOfMemory, is_allocation_error
 from .progress import RichProgress, muted_mlx_ui
 from .spec import TrainResult, TrainSpec, finite_or_none
@@ -179,6 +180,12 @@ class _Run:
             if display:
                 display.__exit__(None, None, None)
         elapsed = ctx.elapsed_s
+        if ctx.stop is not None and ctx.stop.stopped_by == f"callback:{PARENT_GONE}":
+            # The night (or the ssh connection) that started this run is gone: nobody will
+            # evaluate its adapter, so none is written (no orphan in adapters-experimental/).
+            artifacts.discard(self.tmp)
+            self.tmp = None
+            return self._result(ctx, elapsed, None, "")
 
         model.eval()  # mlx-lm leaves dropout on
         final_val = _mean_loss(model, val_all)

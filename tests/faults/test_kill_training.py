@@ -30,7 +30,7 @@ def test_kill_9_during_training_is_recovered_next_night(fault_workdir, tmp_path)
         if night.poll() is None:
             night.kill()
             night.wait()
-    # The child reads its parent's pipe: EOF means stop at the next step (it still saves).
+    # The child reads its parent's pipe: EOF means stop at the next step, and save nothing.
     assert wait_until(lambda: not any(alive(c) for c in children), 60, 0.2), \
         f"train_core {children} outlived its killed parent"
     lock = wd / "cache" / "nightly.lock"
@@ -60,4 +60,6 @@ def test_kill_9_during_training_is_recovered_next_night(fault_workdir, tmp_path)
     # The next night took the lock over and let it go.
     assert lock.read_text().strip() == ""
     assert not list((wd / "adapters-experimental").glob(".*tmp-*")), "a temp adapter folder was left"
+    assert not (wd / "adapters-experimental" / first.user_attrs["experiment_id"]).exists(), \
+        "the orphaned child saved an adapter nobody will evaluate"
     assert planted_hits(wd) == []
