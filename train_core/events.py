@@ -12,8 +12,9 @@ Parent -> child: one command per line on stdin:
   stop <reason>   stop at the next step boundary, exactly like a hook raising
                   StopTraining(reason): the adapter is still written, stopped_by is
                   "callback:<reason>".
-End of stdin means the parent (or the ssh connection to it) is gone: the run stops the
-same way with reason "parent_gone", so a lost node does not train on for its whole budget.
+End of stdin means the parent (or the ssh connection to it) is gone: the run stops at
+the next step with reason "parent_gone", so a lost node does not train on for its whole
+budget, and writes no adapter, since nobody is left to evaluate it.
 """
 from __future__ import annotations
 
