@@ -10,7 +10,8 @@ promoted/; `current` is repointed by creating a new link beside it and renaming 
 old one (rename(2) is atomic on one filesystem). So at any instant `current` is absent
 (never promoted), the old complete adapter, or the new complete adapter. history.json is
 written last; if a crash falls between the swap and the history write, the symlink is the
-truth and the history is one event behind, which rollback tolerates.
+truth and the history is one event behind, which rollback tolerates and the next night's
+repair_history() records.
 """
 from __future__ import annotations
 
@@ -172,6 +173,21 @@ class Promoter:
                       "source": str(source), "meta": meta or {}, "sha256": sha,
                       "previous": previous})
         return dest.resolve()
+
+    def repair_history(self) -> dict[str, Any] | None:
+        """After a crash between the swap and the history write, the link names an adapter
+        the history does not: record it (without the lost meta), so `promote --list` and
+        the vault's story agree with what is served. Returns the event it added, if any."""
+        cid = self.current_id()
+        events = self.history()
+        recorded = events[-1].get("id") if events else None
+        if cid is None or cid == recorded or not (self.promoted / cid).is_dir():
+            return None
+        sha = {k: v for k, v in file_digests(self.promoted / cid).items() if k.endswith(".safetensors")}
+        event = {"action": "promote", "id": cid, "promoted_at": _now(), "source": None, "meta": {},
+                 "sha256": sha, "previous": recorded, "repaired": "the promotion was interrupted before its record"}
+        self._append(event)
+        return event
 
     def rollback(self) -> Path:
         """Undo the promotion that made the current adapter current."""

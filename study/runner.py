@@ -214,6 +214,9 @@ class NightRunner:
             keeper = BaselineKeeper(study, promoter, s.path(s.paths.cache), model_dir, p.council_path,
                                     s.study.baseline_policy, s.eval.max_tokens, s.eval.seed, p.progress,
                                     evaluator=evaluator)
+            if promoter.repair_history():
+                self.console.print(f"[yellow]adapters/history.json: recorded {promoter.current_id()}, "
+                                   "promoted by a night that was killed before it wrote the record[/]")
             repaired = reconcile_current(study, promoter, storage_url)
             if repaired:
                 self.console.print(f"[yellow]study baseline set to {repaired['id']}, the adapter adapters/current "
