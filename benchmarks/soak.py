@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,9 @@ if str(ROOT) not in sys.path:  # run as a script: make the project importable
 FD_BOUND = 2          # open file descriptors
 CHILD_BOUND = 0       # live children beyond council-mlx (and train_core while it trains)
 RSS_BOUND_MB = 150    # resident memory (MLX keeps a buffer cache; a leak of a model per trial is ~8 MB)
+
+from benchmarks import demo_night  # noqa: E402  (after the sys.path line)
+from benchmarks.demo_night import free_port, rss_mb  # noqa: E402
 
 
 @dataclass
@@ -66,51 +67,15 @@ def children() -> tuple[int, int]:
     return len(rows) - zombies, zombies
 
 
-def rss_mb() -> float:
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        import resource  # macOS: the peak, an upper bound
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_workdir(wd: Path, port: int) -> Path:
     """The project's configuration with tiny budgets, the managed server and the shared demo cache."""
-    wd.mkdir(parents=True, exist_ok=True)
-    for name in ("search_space.yaml", "council.yaml"):
-        shutil.copy(ROOT / name, wd / name)
-    text = (ROOT / "autoresearch.toml").read_text()
-    # A private cache (lock, pid file, baseline eval) with the shared demo build linked in.
-    from demo import ensure_demo
-    built = Path(ensure_demo(ROOT / ".cache", ROOT / "council.yaml", pretrain_seconds=100).model_dir).parent
-    (wd / "cache").mkdir(exist_ok=True)
-    if not (wd / "cache" / built.name).exists():
-        os.symlink(built, wd / "cache" / built.name)
-    for old, new in {'cache = ".cache"': 'cache = "cache"', "budget_s = 60\n": "budget_s = 4\n",
-                     "iters_scale = 0.15": "iters_scale = 0.02", 'backend = "none"': 'backend = "managed"',
-                     "port = 8765": f"port = {port}"}.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    (wd / "autoresearch.toml").write_text(text)
-    return wd
+    return demo_night.make_workdir(wd, {
+        "budget_s = 60\n": "budget_s = 4\n", "iters_scale = 0.15": "iters_scale = 0.02",
+        'backend = "none"': 'backend = "managed"', "port = 8765": f"port = {port}"})
 
 
 def night(wd: Path, trials: int) -> None:
-    from rich.console import Console
-    from study.night import add_common_args, plan
-    from study.runner import NightRunner
-    ap = argparse.ArgumentParser()
-    add_common_args(ap)
-    args = ap.parse_args(["--config", str(wd / "autoresearch.toml"), "--demo", "--no-progress"])
-    with open(wd / "night.log", "a") as log:
-        NightRunner(plan(args, max_trials=trials), console=Console(file=log, width=120)).run()
+    demo_night.run_night(demo_night.demo_plan(wd, trials), wd / "night.log")
 
 
 def trials_done(wd: Path) -> int:
@@ -161,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         (wd / "soak-samples.json").write_text(json.dumps([asdict(s) for s in samples], indent=1))
         return report(wd, samples, args.trials)
     finally:
-        from study.config import load_settings
-        from study.serving import make_serving
-        s = load_settings(wd / "autoresearch.toml", demo=True)
-        make_serving(s, ROOT, s.path(s.paths.adapters)).stop()
+        demo_night.stop_serving(wd)
 
 
 def report(wd: Path, samples: list[Sample], trials: int) -> int:
