@@ -17,7 +17,8 @@ Policies:
   study/storage.py's make_sampler ran before this policy);
 - random: RandomSampler;
 - tpe: TPESampler with Optuna's defaults (10 random start-up trials);
-- gp: GPSampler, when its optional dependencies (torch, scipy) import;
+- gp: GPSampler, when its optional dependencies (torch, scipy) import; it sees every
+  constraint key on every trial (CONSTRAINT_KEYS: GPSampler raises on trials whose keys differ);
 - user: the user's practice: a hand-made ladder of 9 configs (USER_LADDER), then greedy
   one-parameter changes from the best feasible config seen (GREEDY_STEPS).
 
@@ -51,6 +52,14 @@ from study.storage import enqueue_warm_start  # noqa: E402
 
 PER_NIGHT = 4
 MODE = "proxy"
+# GPSampler (Optuna 5.0) stacks trial.constraints by position and raises ValueError ("The
+# number of constraints must be the same for all trials") once the study holds trials with
+# different keys, as objective.py records them: an OOM sets `oom` only, a judged trial
+# `jailbreak` and `regression`. The policies named here get every key on every trial, in
+# this order, a missing one as 0.0 (how Optuna reads a missing key: not violated); the
+# others see the keys objective.py sets.
+CONSTRAINT_KEYS = ("oom", "jailbreak", "regression")
+ALL_CONSTRAINT_KEYS = {"gp"}
 
 # The user's hand-made ladder: an lr sweep from the baseline, then single changes at a
 # middle lr (more iterations, a smaller rank, all 48 layers, more synthetic data).
@@ -73,11 +82,14 @@ GREEDY_STEPS = {
 }
 
 
-def objective_for(variant: Variant, seed: int, space: SearchSpace, log: list[Outcome]):
+def objective_for(variant: Variant, seed: int, space: SearchSpace, log: list[Outcome],
+                  all_keys: bool = False):
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial, MODE)
         out = observe(params, variant, np.random.default_rng([seed, trial.number, 17]))
-        for k, v in out.constraints.items():
+        assert set(out.constraints) <= set(CONSTRAINT_KEYS), out.constraints
+        constraints = {k: out.constraints.get(k, 0.0) for k in CONSTRAINT_KEYS} if all_keys else out.constraints
+        for k, v in constraints.items():
             trial.set_constraint(k, v)
         log.append(out)
         return out.value
@@ -85,10 +97,10 @@ def objective_for(variant: Variant, seed: int, space: SearchSpace, log: list[Out
 
 
 def run_sampler(make: Callable[[int], optuna.samplers.BaseSampler], warm: bool, variant: Variant,
-                seed: int, n_trials: int, space: SearchSpace) -> list[Outcome]:
+                seed: int, n_trials: int, space: SearchSpace, all_keys: bool = False) -> list[Outcome]:
     storage = optuna.storages.InMemoryStorage()
     log: list[Outcome] = []
-    objective = objective_for(variant, seed, space, log)
+    objective = objective_for(variant, seed, space, log, all_keys)
     optuna.create_study(storage=storage, study_name="s", direction="maximize")
     night = 0
     while len(log) < n_trials:
@@ -203,7 +215,7 @@ def run_variant(variant: Variant, seeds: range, n_trials: int, space: SearchSpac
                 continue
             t0 = time.perf_counter()
             log = run_user(variant, seed, n_trials, space) if make is None else \
-                run_sampler(make, warm, variant, seed, n_trials, space)
+                run_sampler(make, warm, variant, seed, n_trials, space, name in ALL_CONSTRAINT_KEYS)
             timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
             curves.setdefault(name, []).append(best_curve(log))
             infeasible.setdefault(name, []).append(
