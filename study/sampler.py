@@ -13,9 +13,13 @@ ten. The parts, in the order a study meets them:
    the incumbent and narrows after misses.
 3. **Global model-based search**: the same GP's expected improvement times P(feasible)
    over the whole space (uniform candidates plus local ones).
-4. **Optuna's model** explores while no trial is feasible yet: GPSampler where its
-   optional dependencies (torch, scipy: the `gp` extra) import, multivariate TPE otherwise.
-   It also samples any parameter outside search_space.yaml.
+4. **Optuna's model** explores while no trial is feasible yet: multivariate TPE. (GPSampler
+   is opt-in, `use_gp=True`, and not what the night uses: Optuna 5's GPSampler raises
+   unless every trial carries the same constraint keys, and an OOM trial records only
+   `oom`. Measured with torch installed it changed no figure of
+   benchmarks/search_efficiency.py: this fallback runs only before a first feasible
+   trial, and the warm start's baseline is feasible.) It also samples any parameter
+   outside search_space.yaml.
 
 The searched trials follow `Policy.pattern` ("LLG": two local moves, one global; a local
 move that beat the incumbent earns another). The Council constraints come from
@@ -267,12 +271,12 @@ class CouncilSampler(BaseSampler):
     """Model-guided local and global moves, Optuna's GPSampler or TPE to explore (module doc)."""
 
     def __init__(self, space: SearchSpace, mode: str, *, n_startup_trials: int,
-                 seed: int | None = None, policy: Policy = Policy(), use_gp: bool | None = None):
+                 seed: int | None = None, policy: Policy = Policy(), use_gp: bool = False):
         self._dists = distributions(space, mode)
         self._n_startup = n_startup_trials
         self._seed = seed
         self._policy = policy
-        self._use_gp = gp_available() if use_gp is None else use_gp
+        self._use_gp = bool(use_gp)   # opt-in: see point 4 of the module doc
         self._model: BaseSampler | None = None
         self._moves: dict[int, str] = {}
 

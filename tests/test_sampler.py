@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from study import localgp
-from study.sampler import MOVE_KEY, CouncilSampler, default_sampler, gp_available
+from study.sampler import MOVE_KEY, CouncilSampler, default_sampler
 from study.space import load_search_space
 from study.storage import enqueue_warm_start
 
@@ -63,7 +63,8 @@ def test_default_sampler_is_an_optuna_sampler():
     study = optuna.create_study(direction="maximize", sampler=s)
     study.optimize(lr_objective(None), n_trials=2)
     model = s._delegate(study)
-    assert isinstance(model, optuna.samplers.GPSampler if gp_available() else optuna.samplers.TPESampler)
+    # TPE whether or not torch imports: GPSampler is opt-in (study/sampler.py, point 4).
+    assert isinstance(model, optuna.samplers.TPESampler)
 
 
 def test_resumed_sqlite_study_warm_start_then_search(tmp_path):
