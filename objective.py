@@ -157,6 +157,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
         trial.set_user_attr("data_hash", data.hash)
         with ctx.pause_serving():
             budget = float(ctx.budget_s())
+            trial.set_user_attr("budget_s", round(budget, 1))   # below [modes] budget_s: the night's shortened last trial
             if budget <= 0:
                 # The deadline came closer while the trial started (serving stopped, data
                 # prepared): nothing left to train with. Not bad input; the night stops here.

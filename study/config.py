@@ -38,6 +38,9 @@ class StudySettings(_Strict):
     max_retry: int = Field(1, ge=0)
     baseline_policy: Literal["ratchet", "fixed"] = "ratchet"
     prune: bool = True
+    # The night's last trial may start with this share of budget_s when a whole budget no
+    # longer fits before the deadline (1.0: only whole budgets). Its budget_s attr says so.
+    min_budget_share: float = Field(0.5, gt=0, le=1)
 
     @field_validator("deadline")
     @classmethod

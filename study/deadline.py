@@ -21,9 +21,12 @@ def seconds_left(deadline: datetime, now: datetime | None = None) -> float:
     return (deadline - (now or datetime.now())).total_seconds()
 
 
-def trial_fits(deadline: datetime, budget_s: float, eval_s: float, now: datetime | None = None) -> bool:
-    """A whole trial (full training budget, evaluation, overhead) ends before the deadline."""
-    return seconds_left(deadline, now) >= budget_s + eval_s + TRIAL_OVERHEAD_S
+def trial_fits(deadline: datetime, budget_s: float, eval_s: float, now: datetime | None = None, *,
+               min_budget_s: float | None = None) -> bool:
+    """A trial (its training budget, or at least min_budget_s of it, then the evaluation and
+    the overhead) ends before the deadline. training_budget() then grants what is left."""
+    need = budget_s if min_budget_s is None else min(budget_s, min_budget_s)
+    return seconds_left(deadline, now) >= need + eval_s + TRIAL_OVERHEAD_S
 
 
 def training_budget(deadline: datetime, budget_s: float, eval_s: float, now: datetime | None = None) -> float:

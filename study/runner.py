@@ -187,6 +187,7 @@ class NightRunner:
                 self.console.print(f"[yellow]recovered trials {recovered} left RUNNING by a killed night: marked FAIL, re-queued with the same params[/]")
             # Warm start is queued by the slot protocol (run_night), once per study across workers.
             night = night_id(p.deadline, per_run=s.is_demo)
+            min_budget = ms.budget_s * s.study.min_budget_share   # the night's last trial may be shorter
             promoter = Promoter(p.adapters_root)
             logs = TrialLogs(s.path(s.paths.logs), s.schedule.keep_logs,
                              echo=None if p.progress else (lambda line: self.console.print("  " + line)))
@@ -306,11 +307,11 @@ class NightRunner:
                     self.console.print(f"[yellow]training node lost in trial {trial.number}: the night goes on in proxy mode[/]")
                     self.fallback = proxy_fallback(p, f"training node lost in trial {trial.number}")
                     study_.stop()
-                elif not trial_fits(p.deadline, ms.budget_s, ms.eval_s):
+                elif not trial_fits(p.deadline, ms.budget_s, ms.eval_s, min_budget_s=min_budget):
                     self.console.print(f"[yellow]stopping: the next trial would not finish before {p.deadline:%H:%M}[/]")
                     study_.stop()
 
-            if not trial_fits(p.deadline, ms.budget_s, ms.eval_s):
+            if not trial_fits(p.deadline, ms.budget_s, ms.eval_s, min_budget_s=min_budget):
                 self.console.print(f"[yellow]no trial fits before the deadline {p.deadline:%Y-%m-%d %H:%M} "
                                    f"({seconds_left(p.deadline):.0f} s left): nothing to do tonight[/]")
             else:
@@ -318,7 +319,7 @@ class NightRunner:
                 ran = run_night(study, storage_url, night, p.max_trials, lambda t: objective(t, ctx),
                                 warm_start_configs=p.space.warm_start_configs(p.mode.mode),
                                 callbacks=[after_trial], catch=(TrialFailed,),
-                                keep_going=lambda: trial_fits(p.deadline, ms.budget_s, ms.eval_s))
+                                keep_going=lambda: trial_fits(p.deadline, ms.budget_s, ms.eval_s, min_budget_s=min_budget))
                 if not ran:
                     self.console.print(f"[yellow]night {night}: the study's {p.max_trials} trials are taken "
                                        "(all workers together): nothing to do[/]")

@@ -34,8 +34,8 @@ def deadline_after(seconds: float) -> datetime:
 @pytest.mark.slow
 def test_deadline_too_close_for_a_trial(fault_workdir):
     port = free_port()
-    wd = fault_workdir(budget_s=60, overrides=managed_serving(port))
-    deadline = deadline_after(20)                 # 20-80 s away; a trial needs 60 + 25 + 20
+    wd = fault_workdir(budget_s=120, overrides=managed_serving(port))
+    deadline = deadline_after(20)                 # 20-80 s away; a trial needs at least 60 (half of 120) + 40 + 20
     try:
         out = run_night(wd, "--max-trials", "3", "--deadline", f"{deadline:%H:%M}")
         ended = datetime.now()
@@ -111,3 +111,16 @@ def test_no_time_left_at_trial_start_fails_the_trial_cleanly(tmp_path):
     attrs = study.trials[0].user_attrs
     assert attrs["result"] == "failed:deadline" and attrs["feasible"] is False
     assert trained == [] and serving.events == ["stop", "start"]
+
+
+def test_the_last_trial_may_take_what_is_left_of_the_night():
+    """Packing: a whole budget no longer fits, but min_budget_s of it does: the trial starts
+    and training_budget grants what is left; below min_budget_s nothing starts."""
+    from study.deadline import trial_fits, training_budget
+    now = datetime(2030, 1, 1, 4, 0, 0)
+    deadline = now + timedelta(seconds=600 + 300 + TRIAL_OVERHEAD_S)     # room for a 600 s budget
+    assert not trial_fits(deadline, 900, 300, now)
+    assert trial_fits(deadline, 900, 300, now, min_budget_s=450)
+    assert training_budget(deadline, 900, 300, now) == pytest.approx(600)
+    assert not trial_fits(deadline, 900, 300, now, min_budget_s=601)
+    assert trial_fits(deadline, 500, 300, now) and training_budget(deadline, 500, 300, now) == 500
