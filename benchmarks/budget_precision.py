@@ -1,6 +1,6 @@
 """Budget precision: how far past its training budget does a trial's training run?
 
-    .venv/bin/python benchmarks/budget_precision.py [--runs 10] [--budget 6]
+    .venv/bin/python benchmarks/budget_precision.py [--runs 10] [--budget 15]
 
 Real train_core.train on the demo model (demo.ensure_demo, 20 s of pre-training, cached
 in .cache/test-demo like the tests') with data from corpus.prepare at the baseline mix.
@@ -127,7 +127,7 @@ def one_run(model_dir: Path, data_dir: Path, out: Path, budget: float, seed: int
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--budget", type=float, default=6.0, help="training budget per run, seconds")
+    ap.add_argument("--budget", type=float, default=15.0, help="training budget per run, seconds (a few times the final validation)")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "test-demo")
     args = ap.parse_args(argv)
 
