@@ -412,3 +412,37 @@ def test_budget_guard_keeps_room_for_the_final_validation():
         guard.on_train_loss(50, 1.0, ctx(4.0, 5.5))        # 5.5 + 1 step + 4 s final validation > 10
     assert ctx(4.0, 0.0).final_val_s == 4.0
     guard.on_train_loss(100, 1.0, ctx(4.0, 9.9))           # the last step: nothing left to stop
+
+
+def test_a_split_is_tokenised_once_per_variant_and_tokenizer(model_dir, data_dir, tmp_path):
+    """The second trial on the same data variant reads the token ids back (no tokenizer
+    needed at all); changed bytes or another tokenizer tokenise again; a damaged cache
+    file is tokenised over, not trusted."""
+    import shutil
+
+    from mlx_lm.utils import load_tokenizer
+
+    from train_core.data import TOKEN_CACHE, tokenizer_fingerprint
+
+    data = tmp_path / "variant"
+    data.mkdir()
+    for split in ("train", "valid"):   # the splits only: other tests' training cached theirs
+        shutil.copy(data_dir / f"{split}.jsonl", data)
+    tok, tid = load_tokenizer(model_dir), tokenizer_fingerprint(model_dir)
+    plain = load_split(data, "train", tok, mask_prompt=True, max_seq_length=4096)
+    first = load_split(data, "train", tok, mask_prompt=True, max_seq_length=4096, tokenizer_id=tid)
+    [cache] = (data / TOKEN_CACHE).iterdir()
+    again = load_split(data, "train", None, mask_prompt=True, max_seq_length=64, tokenizer_id=tid)
+    assert [first[i] for i in range(len(first))] == [plain[i] for i in range(len(plain))]
+    assert [again[i][0] for i in range(len(again))] == [first[i][0][:64] for i in range(len(first))
+                                                        if first[i][1] < min(len(first[i][0]), 64)]
+    with pytest.raises(AttributeError):   # another tokenizer: a miss, so it must tokenise
+        load_split(data, "train", None, mask_prompt=True, max_seq_length=4096, tokenizer_id="other")
+    with (data / "train.jsonl").open("a") as fh:
+        fh.write((data / "valid.jsonl").read_text().splitlines()[0] + "\n")
+    grown = load_split(data, "train", tok, mask_prompt=True, max_seq_length=4096, tokenizer_id=tid)
+    assert len(grown) == len(first) + 1 and len(list((data / TOKEN_CACHE).iterdir())) == 2
+    cache.write_bytes(b"not an npz")
+    (data / "train.jsonl").write_text("".join((data_dir / "train.jsonl").read_text()))
+    healed = load_split(data, "train", tok, mask_prompt=True, max_seq_length=4096, tokenizer_id=tid)
+    assert [healed[i] for i in range(len(healed))] == [first[i] for i in range(len(first))]

@@ -32,7 +32,7 @@ from common.errors import ConfigError
 from . import adapter as artifacts
 from .callbacks import (BudgetGuard, DivergenceGuard, NanGuard, StopTraining, TrainCallback,
                         TrainContext, run_hooks)
-from .data import fixed_batches, load_split, padded_tokens
+from .data import fixed_batches, load_split, padded_tokens, tokenizer_fingerprint
 from .events import PARENT_GONE
 from .oom import OutOfMemory, is_allocation_error
 from .progress import RichProgress, muted_mlx_ui
@@ -148,10 +148,11 @@ class _Run:
         np.random.seed(spec.seed)  # mlx-lm's batch order draws from NumPy's global generator
         model, tokenizer = load(spec.model)
         data_dir = Path(spec.data_dir)
+        tok_id = tokenizer_fingerprint(spec.model)
         train_set = load_split(data_dir, "train", tokenizer, mask_prompt=spec.mask_prompt,
-                               max_seq_length=spec.max_seq_length)
+                               max_seq_length=spec.max_seq_length, tokenizer_id=tok_id)
         valid_set = load_split(data_dir, "valid", tokenizer, mask_prompt=spec.mask_prompt,
-                               max_seq_length=spec.max_seq_length)
+                               max_seq_length=spec.max_seq_length, tokenizer_id=tok_id)
         if len(train_set) < spec.batch_size:
             raise ConfigError(str(data_dir / "train.jsonl"), "batch_size",
                               f"{len(train_set)} usable examples, fewer than batch_size={spec.batch_size}")
