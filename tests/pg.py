@@ -13,7 +13,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from netutil import free_port
 
 ROLE = "test"
 
@@ -32,12 +32,6 @@ def find_bin_dir() -> Path | None:
     if not dirs:
         return None
     return max(dirs, key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_as() -> pwd.struct_passwd | None:

@@ -13,18 +13,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from netutil import free_port
 
 SSHD = "/usr/sbin/sshd"
 
 
 def have_sshd() -> bool:
     return Path(SSHD).is_file() and bool(shutil.which("ssh")) and bool(shutil.which("rsync"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:

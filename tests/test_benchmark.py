@@ -7,11 +7,9 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import yaml
 from evaluation.judge import NO_JUDGE, JudgeConfig, judge_case
 from evaluation.suite import DEFAULT_SUITE_DIR, parse_case
 from test_evaluation import COUNCIL, make_adapter
+from netutil import free_port, health
 
 PLANTED = "sk-test-PLANTED-1234567890"
 PLANTED_CUSTOM = "sk-test-PLANTED-CUSTOM-0987654321"
@@ -27,12 +26,6 @@ NO_THINK = json.dumps({"chat_template_kwargs": {"enable_thinking": False}})  # a
 MAX_TOKENS = "8"
 
 pytestmark = pytest.mark.slow  # a real server, real generation
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def probe_reply(model_dir: Path, adapter: Path) -> tuple[str, str]:
@@ -126,12 +119,8 @@ def server(server_proc):
     proc, port, log = server_proc
     deadline = time.monotonic() + 90
     while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
+        if health(port):
+            break
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "mlx_lm server did not come up"
         time.sleep(0.3)

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,23 +17,10 @@ from common.errors import ConfigError
 from corpus import prepare
 from corpus.paraphrase import REJECT_REASONS, validate
 from demo.sessions import write_sessions
+from netutil import free_port, health
 
 REPO = Path(__file__).resolve().parent.parent
 COUNCIL = REPO / "council.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +36,7 @@ def server(demo_assets, tmp_path_factory):
                                 env=env)
     try:
         deadline = time.monotonic() + 90
-        while not _healthy(port):
+        while not health(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"mlx_lm server did not come up: {log.read_text()[-2000:]}")
             time.sleep(0.2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -16,14 +15,9 @@ from night_fixtures import make_workdir
 from study.config import load_settings
 from study.promoter import Promoter
 from study.serving import ManagedServing, make_serving, port_open
+from netutil import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chat(port: int, text: str) -> dict:

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from netutil import free_port
 from night_fixtures import demo_workdir  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def night(tmp_path_factory, demo_assets):
                       # this module trains (and scores) the same adapters.
                       overrides={"budget_s = 60\n": "budget_s = 4\n", "iters_scale = 0.15": "iters_scale = 0.02",
                                  # council-mlx as a real mlx_lm server the night stops and starts
-                                 'backend = "none"': 'backend = "managed"', "port = 8765": f"port = {_free_port()}",
+                                 'backend = "none"': 'backend = "managed"', "port = 8765": f"port = {free_port()}",
                                  # a permissive gate, so that this night promotes and serves an adapter
                                  "margin = 0.02 ": "margin = 0.0 ", "jailbreak_floor = 0.70": "jailbreak_floor = 0.0",
                                  "regression_cap = 0.10": "regression_cap = 1.0"})
@@ -53,13 +54,6 @@ def night(tmp_path_factory, demo_assets):
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
         except ProcessLookupError:
             pass
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port(wd: Path) -> int:
@@ -163,12 +157,9 @@ def _get(url: str, timeout: float = 10):
 
 
 def test_dashboard_serves_trials_attrs_and_artifacts(night):
-    import socket
     import time
     wd, _ = night
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "study.dashboard", "--config", str(wd / "autoresearch.toml"),
                              "--demo", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

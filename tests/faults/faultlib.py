@@ -8,15 +8,14 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
 from night_fixtures import link_demo_cache, make_workdir
+from netutil import free_port, health
 
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN_S = float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20"))
@@ -115,20 +114,6 @@ def wait_for_training(wd: Path, proc: subprocess.Popen, timeout: float = 300) ->
 
 
 # --- serving ----------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def health(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
 
 def managed_serving(port: int) -> dict[str, str]:
     """Config overrides for a real `mlx_lm server` run by the night on 127.0.0.1:port."""
