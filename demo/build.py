@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from common.atomic import atomic_write_json, atomic_write_text
 from common.council import Council, load_council
@@ -67,30 +67,40 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 
 def ensure_demo(cache_dir: Path, council_path: Path, *, pretrain_seconds: float = 100.0,
-                seed: int = 0, progress: bool = True) -> DemoAssets:
-    """The demo model and sessions for this Council, built on first use (minutes), then cached."""
+                seed: int = 0, progress: bool = True, force: bool = False) -> DemoAssets:
+    """The demo model and sessions for this Council, built on first use (minutes), then
+    cached (force: built again)."""
     cache_dir, council_path = Path(cache_dir), Path(council_path)
     if not pretrain_seconds > 0:
         raise ConfigError(None, "pretrain_seconds", f"must be > 0, got {pretrain_seconds}")
     council = load_council(council_path)  # validates first: a bad file raises ConfigError
     key = cache_key(council_path.read_bytes(), pretrain_seconds, seed)
-    final = cache_dir / f"demo-{key[:12]}"
-    if is_complete(final):
-        return _assets(final)
-    with _locked(cache_dir / f".demo-{key[:12]}.lock"):
-        if is_complete(final):  # another caller finished while we waited
-            return _assets(final)
+
+    def build(tmp: Path) -> None:
+        build_into(tmp, council, pretrain_seconds=pretrain_seconds, seed=seed, progress=progress, key=key)
+
+    return _assets(cached_build(cache_dir / f"demo-{key[:12]}", build, force=force))
+
+
+def cached_build(final: Path, build: Callable[[Path], None], *, force: bool = False) -> Path:
+    """`final`, built by build(tmp) on first use: in a temp folder beside it, renamed into
+    place once build() has written its COMPLETE marker; a concurrent caller waits on a lock
+    file and then reuses that build. force: build again even when complete."""
+    if is_complete(final) and not force:
+        return final
+    with _locked(final.parent / f".{final.name}.lock"):
+        if is_complete(final) and not force:  # another caller finished while we waited
+            return final
         _remove(final)          # a half folder (or a link to one) without the marker: rebuild
-        tmp = Path(tempfile.mkdtemp(prefix=f".demo-{key[:12]}.", suffix=".tmp", dir=cache_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         try:
-            build_into(tmp, council, pretrain_seconds=pretrain_seconds, seed=seed,
-                       progress=progress, key=key)
+            build(tmp)
             _make_readable(tmp)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return _assets(final)
+    return final
 
 
 def _remove(path: Path) -> None:

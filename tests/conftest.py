@@ -30,3 +30,13 @@ def demo_assets():
     cache = Path(os.environ.get("AUTORESEARCH_TEST_CACHE") or REPO / ".cache" / "test-demo")
     seconds = float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20"))
     return ensure_demo(cache, REPO / "council.yaml", pretrain_seconds=seconds, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_assets():
+    """SmolLM2-135M-Instruct converted from the installed GGUF (~15 s once, then cached
+    in <repo>/.cache/test-smollm2, or AUTORESEARCH_TEST_CACHE/test-smollm2)."""
+    from demo.smollm2 import ensure_smollm2
+
+    base = Path(os.environ.get("AUTORESEARCH_TEST_CACHE") or REPO / ".cache")
+    return ensure_smollm2(base / "test-smollm2", REPO / "council.yaml")
