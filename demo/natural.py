@@ -10,14 +10,12 @@ a call is parsed, so nothing may follow it.
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from common.atomic import atomic_write_text
 from common.council import Agent, Council
 
-from .sessions import agent_sessions
+from .sessions import agent_sessions, write_sessions
 
 # User openers and closers a person adds around a request (eval prompts use neither).
 _OPENERS = ["", "", "Hey, ", "Hi! ", "Morning. ", "Okay, ", "One more thing: ", "Listen, ",
@@ -50,7 +48,10 @@ def _follow_ups(agent: Agent, category: str, session: dict) -> list[str]:
 def _natural(agent: Agent, session: dict, rng: random.Random) -> dict:
     category = session["category"]
     system, user, assistant = (m["content"] for m in session["messages"])
-    user = rng.choice(_OPENERS) + user + (rng.choice(_CLOSERS) if category != "tool_calling" else "")
+    opener = rng.choice(_OPENERS)
+    if opener.endswith(", "):   # "Okay, tell me..." reads as one sentence
+        user = user[:1].lower() + user[1:]
+    user = opener + user + (rng.choice(_CLOSERS) if category != "tool_calling" else "")
     if category != "tool_calling":
         extra = rng.choice(_follow_ups(agent, category, session))
         assistant = f"{assistant} {extra}".strip()
@@ -68,8 +69,4 @@ def natural_sessions(council: Council, seed: int = 0) -> dict[str, list[dict]]:
 
 
 def write_natural_sessions(council: Council, out_dir: Path, seed: int = 0) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, sessions in natural_sessions(council, seed).items():
-        lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in sessions)
-        atomic_write_text(out_dir / f"{name}.jsonl", lines)
-    return out_dir
+    return write_sessions(council, out_dir, seed, build=natural_sessions)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Callable
 
 from common.atomic import atomic_write_text
 from common.council import CATEGORIES, Agent, Council
@@ -99,9 +100,11 @@ def build_sessions(council: Council, seed: int = 0) -> dict[str, list[dict]]:
     return {a.name: agent_sessions(a, council, seed) for a in council.agents}
 
 
-def write_sessions(council: Council, out_dir: Path, seed: int = 0) -> Path:
+def write_sessions(council: Council, out_dir: Path, seed: int = 0,
+                   build: Callable[[Council, int], dict[str, list[dict]]] = build_sessions) -> Path:
+    """One <agent>.jsonl per agent of what build(council, seed) makes."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, sessions in build_sessions(council, seed).items():
+    for name, sessions in build(council, seed).items():
         lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in sessions)
         atomic_write_text(out_dir / f"{name}.jsonl", lines)
     return out_dir
