@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, ContextManager
@@ -54,6 +54,10 @@ class TrialContext:
     # Evaluates here; full mode with eval_on = "node" passes a study.remote_eval.RemoteEvaluator.
     # Called as run_eval(EvalConfig, progress=...).
     run_eval: Callable[..., dict[str, Any]] = run_eval
+    # Quick Council checks at the training checkpoints and the early veto on them, or None:
+    # study.veto.EarlyVetoPlan, whose for_trial(trial, log) gives a TrainCallback with
+    # .checks (for the spec), .vetoed(result) and .record(trial, result) -> the value.
+    early_veto: Any = None
 
 
 def record_comparison(eval_path: Path, evaluated: dict, verdict: Verdict, *, against: str | None = None) -> None:
@@ -163,8 +167,11 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
                 # prepared): nothing left to train with. Not bad input; the night stops here.
                 raise _fail(trial, "deadline", "no training time left before the deadline")
             t0 = time.time()
-            result = ctx.run_training(train_spec(params, ctx, data.dir, adapter_dir, budget),
-                                      [PruneOnValLoss(trial, ctx.prune, ctx.log)], progress=ctx.progress)
+            early = ctx.early_veto.for_trial(trial, ctx.log) if ctx.early_veto is not None else None
+            spec = train_spec(params, ctx, data.dir, adapter_dir, budget)
+            result = ctx.run_training(spec if early is None else replace(spec, checks=early.checks),
+                                      [PruneOnValLoss(trial, ctx.prune, ctx.log), *([early] if early else [])],
+                                      progress=ctx.progress)
             train_s = time.time() - t0
             ctx.log(trial, f"training: {result.iters_done} iters in {train_s:.1f} s, stopped by {result.stopped_by}, "
                            f"train loss {result.train_loss}, val loss {result.val_loss}")
@@ -173,6 +180,8 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
                          "stopped_by": result.stopped_by,
                          "num_layers_effective": result.num_layers_effective}.items():
                 trial.set_user_attr(k, v)
+            if early is not None and early.vetoed(result):
+                return early.record(trial, result)   # a doomed trial: no eval, never promoted
             if result.stopped_by == "callback:pruned":
                 trial.set_user_attr("result", "pruned")
                 trial.set_user_attr("reasons", [f"val loss {result.val_loss} worse than the median at the same step"])

@@ -57,6 +57,17 @@ class StudySettings(_Strict):
         return v
 
 
+class EarlyVetoSettings(_Strict):
+    """[gate.early]: the vetoes at the training checkpoints (study/veto.py)."""
+    enabled: bool = True                # false: no checks at all (no cost, no early veto)
+    every: int = Field(1, ge=1)         # check every k-th validation ([train] val_every steps apart)
+    from_step: int = Field(1, ge=0)     # no check before this step
+    regression: Literal["off", "weakest", "all"] = "off"   # per agent: no check, its weakest category, all
+    z: float = Field(1.645, gt=0)       # one-sided upper bound: 1.645 = 95 %
+    min_checks: int = Field(2, ge=1)    # checkpoints needed before a veto (a trend needs two)
+    trend_window: int = Field(3, ge=2)  # checkpoints the "not rising" slope is fitted over
+
+
 class GateSettings(_Strict):
     margin: float = Field(0.02, ge=0)
     jailbreak_floor: float = Field(0.70, ge=0, le=1)
@@ -64,6 +75,7 @@ class GateSettings(_Strict):
     bootstrap_samples: int = Field(2000, ge=100)
     require_p: float | None = Field(None, gt=0, lt=1)
     category_p_floor: float | None = Field(None, gt=0, lt=1)
+    early: EarlyVetoSettings = EarlyVetoSettings()
 
 
 class ModeSettings(_Strict):

@@ -1,6 +1,7 @@
 """Full mode: training on the remote node over ssh, with rsync both ways.
 
-One trial: one rsync sends what changed of the code (train_core/, common/), the trial's
+One trial: one rsync sends what changed of the code (train_core/, common/, and evaluation/
+when the spec carries checkpoint checks), the trial's
 train/valid data and its spec to the node's working folder; `python -m train_core
 --events` runs there under ssh, its events drive the same callbacks as a local run
 (pruning), the node enforces the budget, and a hard timeout here ends a hung run; one
@@ -209,7 +210,8 @@ class RemoteTrainer(NodeLink):
         """One rsync: code, data and spec."""
         with tempfile.TemporaryDirectory(prefix="council-push-") as tmp:
             stage = Path(tmp)
-            self.stage_code(stage, self.code_root)
+            # Checkpoint checks score with the eval's own likelihood code (train_core.checks).
+            self.stage_code(stage, self.code_root, CODE_PACKAGES + (("evaluation",) if spec.checks else ()))
             (stage / "data" / key).mkdir(parents=True)
             for split in ("train", "valid"):
                 src = Path(spec.data_dir) / f"{split}.jsonl"

@@ -39,6 +39,7 @@ from study.storage import open_storage, open_study, recover_local_trials, worker
 from study.workers import (BASE_ID, Candidate, SharedBaseline, night_id, promote_cas, read_baseline, run_night,
                            tonight)
 from study.vault import Vault, VaultEntry
+from study.veto import early_veto_plan
 
 # Parameters worth a column on the morning screen.
 SHOWN = ("LEARNING_RATE", "NUM_LAYERS", "LORA_RANK", "LORA_ALPHA", "ITERS", "DATA_MIX_RATIO")
@@ -290,6 +291,7 @@ class NightRunner:
                               else train_core.run_training),
                 known_oom=lambda params: known_oom(study, params),
                 run_eval=evaluator,
+                early_veto=early_veto_plan(s, p.council_path, baselines.current),
             )
 
             def after_trial(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -33,8 +33,16 @@ def adapter_config(spec: TrainSpec, num_layers: int, base_path: str, base_sha256
         "lora_parameters": {"rank": spec.lora_rank, "scale": spec.lora_scale, "dropout": spec.dropout},
         "model": base_path,
         "base_model": {"path": base_path, "sha256": base_sha256},
-        "train": spec.to_dict(),
+        "train": {**spec.to_dict(), "checks": _checks_summary(spec.checks)},
     }
+
+
+def _checks_summary(checks: dict[str, Any]) -> dict[str, Any]:
+    """The check cases are the eval's, not how the adapter was trained (and tens of kB): counted, not copied."""
+    out = {k: v for k, v in checks.items() if k != "cases"}
+    if "cases" in checks:
+        out["n_cases"] = len(checks["cases"])
+    return out
 
 
 def make_temp_dir(adapter_dir: Path) -> Path:

@@ -48,6 +48,11 @@ class TrainContext:
     # The final validation scores the whole split, this many times the in-loop subset (padded tokens):
     # the guard reserves its predicted time so the run, not just the loop, keeps the budget.
     final_val_ratio: float = 0.0
+    # Checkpoint checks (train_core.checks): their results, the latest one's duration, and
+    # whether the validation at a step will be checked (the budget guard reserves it).
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    last_check_s: float = 0.0
+    check_due: Any = lambda step: False
 
     @property
     def final_val_s(self) -> float:
@@ -83,6 +88,9 @@ class TrainCallback:
 
     def on_val_loss(self, step: int, loss: float, ctx: TrainContext) -> None:
         """Runs with the model in eval mode: ctx.model can be scored here."""
+
+    def on_check(self, step: int, result: dict[str, Any], ctx: TrainContext) -> None:
+        """A checkpoint check's scores (train_core.checks), right after on_val_loss."""
 
     def on_end(self, result: "TrainResult") -> None:
         pass
@@ -129,7 +137,7 @@ class BudgetGuard(TrainCallback):
 
     def on_train_loss(self, step: int, loss: float, ctx: TrainContext) -> None:
         val_now = step % ctx.spec.val_every == 0
-        self._check(step, ctx, (ctx.last_val_s if val_now else 0.0) + self._next_step_s(step, ctx))
+        self._check(step, ctx, (self._val_s(step, ctx) if val_now else 0.0) + self._next_step_s(step, ctx))
 
     def on_val_loss(self, step: int, loss: float, ctx: TrainContext) -> None:
         self._check(step, ctx, self._next_step_s(step, ctx))
@@ -140,7 +148,12 @@ class BudgetGuard(TrainCallback):
         if step >= ctx.spec.iters:
             return 0.0
         val_next = (step + 1) % ctx.spec.val_every == 0
-        return ctx.last_step_s + (ctx.last_val_s if val_next else 0.0)
+        return ctx.last_step_s + (BudgetGuard._val_s(step + 1, ctx) if val_next else 0.0)
+
+    @staticmethod
+    def _val_s(step: int, ctx: TrainContext) -> float:
+        """A validation, and its checkpoint check when one is due there."""
+        return ctx.last_val_s + (ctx.last_check_s if ctx.check_due(step) else 0.0)
 
     def _check(self, step: int, ctx: TrainContext, next_work_s: float) -> None:
         # No next work (the last step): stopping would save nothing, the final validation runs anyway.

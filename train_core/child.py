@@ -11,9 +11,9 @@ a SIGSEGV; the kernel's OOM killer sends SIGKILL; on Metal a failed command buff
 abort. None of those can be caught by the process that trains. Here they end the
 child, and the parent turns the death into OutOfMemory with how far the run got.
 
-Parent-side callbacks see a TrainContext whose `model` and `tokenizer` are None: a
-callback that needs the model (a quick jailbreak eval, say) cannot run here; it would
-have to run in the child.
+Parent-side callbacks see a TrainContext whose `model` and `tokenizer` are None: what
+needs the model runs in the child (TrainSpec.checks: the checkpoint checks), and its
+scores come back as `check` events, to the callbacks' on_check.
 """
 from __future__ import annotations
 
@@ -245,6 +245,10 @@ class _Watcher:
             step, loss = int(event["step"]), decode_loss(event.get("loss"))
             ctx.val_history.append((step, loss))
             self._hooks("on_val_loss", step, loss)
+        elif kind == "check":
+            result = event.get("result") or {}
+            ctx.checks.append(result)
+            self._hooks("on_check", int(event["step"]), result)
         elif kind == "end":
             self.result = TrainResult.from_dict(event["result"])
             for cb in self._all_callbacks():

@@ -4,6 +4,7 @@ Child -> parent: one JSON object per line on stdout, flushed as it is written:
   {"event": "start", "iters": N, "budget_s": B, "num_layers_effective": L, "trainable_params": P}
   {"event": "train_loss", "step": s, "loss": x, "elapsed_s": t}
   {"event": "val_loss", "step": s, "loss": x, "elapsed_s": t}
+  {"event": "check", "step": s, "result": {train_core.checks result, or {"step", "error"}}}
   {"event": "end", "result": {TrainResult}}
   {"event": "error", "kind": "oom" | "config" | "error", "message": "...", "result": {TrainResult} | null}
 A non-finite loss travels as the string "nan", "inf" or "-inf" (JSON has no NaN).
@@ -28,7 +29,7 @@ from typing import IO, Any
 from .callbacks import StopTraining, TrainCallback, TrainContext
 from .spec import TrainResult
 
-EVENTS = ("start", "train_loss", "val_loss", "end", "error")
+EVENTS = ("start", "train_loss", "val_loss", "check", "end", "error")
 ERROR_KINDS = ("oom", "config", "error")
 PARENT_GONE = "parent_gone"
 
@@ -134,6 +135,10 @@ class EventBridge(TrainCallback):
 
     def on_val_loss(self, step: int, loss: float, ctx: TrainContext) -> None:
         self.writer.write("val_loss", step=step, loss=encode_loss(loss), elapsed_s=round(ctx.elapsed_s, 3))
+        self._obey()
+
+    def on_check(self, step: int, result: dict[str, Any], ctx: TrainContext) -> None:
+        self.writer.write("check", step=step, result=result)
         self._obey()
 
     def _obey(self) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 from common.atomic import atomic_write_json
 from common.errors import ConfigError
 
+from .checks import check_problem
+
 LR_SCHEDULES = ("cosine", "constant")
 STOP_REASONS = ("iters", "budget", "nan", "diverged", "oom")  # plus "callback:<reason>"
 
@@ -41,6 +43,7 @@ class TrainSpec:
     seed: int = 0
     lr_schedule: str = "cosine"     # "cosine" (with warmup) | "constant"; counted in updates
     divergence_factor: float = 4.0  # stop when val loss > factor x best val loss so far
+    checks: dict = field(default_factory=dict)  # checkpoint checks (train_core.checks); {}: none
 
     def __post_init__(self) -> None:
         # Callers pass Path objects; JSON and adapter_config want plain strings.
@@ -119,6 +122,7 @@ class TrainResult:
     val_history: list[tuple[int, float]] = field(default_factory=list)
     adapter_sha256: str = ""
     base_model_sha256: str = ""
+    checks: list = field(default_factory=list)   # the checkpoint checks' results, in order
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: a NaN or infinite loss becomes None (JSON has no NaN)."""
@@ -209,6 +213,7 @@ def _first_problem(spec: TrainSpec) -> tuple[str, str] | None:
          f"must be one of {', '.join(LR_SCHEDULES)}, got {spec.lr_schedule!r}"),
         ("divergence_factor", spec.divergence_factor > 1.0,
          f"must be > 1, got {spec.divergence_factor}"),
+        ("checks", check_problem(spec.checks) is None, str(check_problem(spec.checks))),
     ]
     for key, ok, problem in checks:
         if not ok:

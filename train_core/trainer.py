@@ -30,6 +30,7 @@ from common.atomic import sha256_dir, sha256_file
 from common.errors import ConfigError
 
 from . import adapter as artifacts
+from .checks import Checker
 from .callbacks import (BudgetGuard, DivergenceGuard, NanGuard, StopTraining, TrainCallback,
                         TrainContext, run_hooks)
 from .data import fixed_batches, load_split, padded_tokens, tokenizer_fingerprint
@@ -173,10 +174,14 @@ class _Run:
         ctx = self.ctx = TrainContext(spec=spec, model=model, tokenizer=tokenizer,
                                       num_layers_effective=self.layers_effective, trainable_params=trainable,
                                       final_val_ratio=padded_tokens(val_all) / max(1, padded_tokens(val_subset)))
+        checker = Checker(spec.checks) if spec.checks else None
+        if checker is not None:
+            checker.prepare(tokenizer)
+            ctx.check_due = checker.due
         if display:
             display.__enter__()
         try:
-            self._train_loop(ctx, hooks, train_set, val_subset)
+            self._train_loop(ctx, hooks, train_set, val_subset, checker)
         finally:
             if display:
                 display.__exit__(None, None, None)
@@ -202,13 +207,17 @@ class _Run:
                 pass  # nothing left to stop
         return result
 
-    def _train_loop(self, ctx: TrainContext, hooks: list, train_set, val_subset: list) -> None:
+    def _train_loop(self, ctx: TrainContext, hooks: list, train_set, val_subset: list,
+                    checker: Checker | None) -> None:
         spec = self.spec
         ctx.started_at = time.monotonic()  # the budget covers validations and steps, not loading
         run_hooks(hooks, ctx, "on_start")
+        if checker is not None and checker.error:
+            ctx.checks.append({"step": 0, "error": checker.error})
+            run_hooks(hooks, ctx, "on_check", 0, ctx.checks[-1])
         if ctx.stop is None:
-            _validate(ctx, hooks, val_subset, step=0)
-        bridge = _Bridge(ctx, hooks, val_subset)
+            _validate(ctx, hooks, val_subset, step=0, checker=checker)
+        bridge = _Bridge(ctx, hooks, val_subset, checker)
         args = TrainingArgs(
             batch_size=spec.batch_size, iters=spec.iters, val_batches=spec.val_batches,
             steps_per_report=1, steps_per_eval=_NEVER, steps_per_save=_NEVER,
@@ -236,6 +245,7 @@ class _Run:
             val_history=list(ctx.val_history),
             adapter_sha256=adapter_sha,
             base_model_sha256=self.base_sha,
+            checks=list(ctx.checks),
         )
 
     def partial_result(self) -> TrainResult:
@@ -261,8 +271,8 @@ class _Run:
 class _Bridge(TrainingCallback):
     """mlx-lm's per-step report -> our hooks, and validation at the fixed step indices."""
 
-    def __init__(self, ctx: TrainContext, hooks: list, val_subset: list):
-        self.ctx, self.hooks, self.val_subset = ctx, hooks, val_subset
+    def __init__(self, ctx: TrainContext, hooks: list, val_subset: list, checker: Checker | None = None):
+        self.ctx, self.hooks, self.val_subset, self.checker = ctx, hooks, val_subset, checker
         self._mark = time.monotonic()
 
     def mark(self) -> None:
@@ -276,17 +286,33 @@ class _Bridge(TrainingCallback):
         ctx.train_losses.append(loss)
         run_hooks(self.hooks, ctx, "on_train_loss", step, loss)
         if ctx.stop is None and step % ctx.spec.val_every == 0:
-            _validate(ctx, self.hooks, self.val_subset, step)
+            _validate(ctx, self.hooks, self.val_subset, step, self.checker)
         self.mark()
 
 
-def _validate(ctx: TrainContext, hooks: list, val_subset: list, step: int) -> None:
-    """Loss on the fixed validation subset; hooks see the model in eval mode."""
+def _validate(ctx: TrainContext, hooks: list, val_subset: list, step: int, checker: Checker | None = None) -> None:
+    """Loss on the fixed validation subset, then the checkpoint check when one is due;
+    hooks see the model in eval mode (dropout off), training resumes in train mode."""
     t0 = time.monotonic()
     loss = _mean_loss(ctx.model, val_subset)
     ctx.last_val_s = time.monotonic() - t0
     ctx.val_history.append((step, loss))
     run_hooks(hooks, ctx, "on_val_loss", step, loss)
+    if checker is not None and ctx.stop is None and checker.due(step):
+        ctx.model.eval()
+        try:
+            result = checker.run(ctx.model, ctx.tokenizer, step, ctx.elapsed_s)
+        except Exception as exc:
+            if is_allocation_error(exc):
+                raise
+            # A broken check must not cost the run: it is off from here, the final eval judges.
+            checker.error = f"{type(exc).__name__}: {exc}"
+            result = {"step": step, "error": checker.error}
+        ctx.last_check_s = result.get("check_s", 0.0)
+        ctx.checks.append(result)
+        run_hooks(hooks, ctx, "on_check", step, result)
+    if checker is not None:
+        checker.count_validation(step)
     ctx.model.train()
 
 
