@@ -75,7 +75,19 @@ class GateSettings(_Strict):
     bootstrap_samples: int = Field(2000, ge=100)
     require_p: float | None = Field(None, gt=0, lt=1)
     category_p_floor: float | None = Field(None, gt=0, lt=1)
+    # The noise bar (study/noise.py): a night of no-better candidates promotes one with
+    # chance <= alpha; noise_sd is the prior training-seed sd (benchmarks/null_seeds.py).
+    alpha: float | None = Field(None, gt=0, lt=1)
+    noise_sd: float | None = Field(None, ge=0)
+    noise_adapters: int = Field(2, ge=2)
+    noise_source: str = "prior"
     early: EarlyVetoSettings = EarlyVetoSettings()
+
+    @model_validator(mode="after")
+    def _alpha_needs_noise(self) -> "GateSettings":
+        if self.alpha is not None and self.noise_sd is None:
+            raise ValueError("alpha (the noise bar) needs noise_sd, the prior training-seed noise")
+        return self
 
 
 class ModeSettings(_Strict):

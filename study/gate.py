@@ -13,6 +13,11 @@ Rules (DESIGN.md section 3):
   never blocks) must be >= it, else "reverted". Both are computed and recorded on every
   verdict with a baseline, whether or not they gate, because with few cases one case can
   move the overall more than the margin (lesson 6: noise once crowned a champion).
+- Noise bar (study/noise.py), on when `alpha` is set: the threshold becomes
+  max(margin, z(1 - alpha/looks) * sqrt(2) * sd) and P(candidate > baseline) must reach
+  1 - alpha/looks, where sd is the training-seed noise (the prior `noise_sd`, or the study's
+  pooled estimate in `noise`) and looks the candidates judged against this baseline tonight.
+  Its numbers (`Verdict.noise`) are recorded on every verdict with a baseline.
 - Held-out cases (split "holdout") are compared and reported in `Verdict.holdout`, never
   used by any rule: they stay an unbiased check on what selection picked.
 
@@ -29,14 +34,16 @@ float noise (0.60 + 0.02 is 0.6200000000000001).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from common.errors import ConfigError
+from study.noise import Bar, Noise, bar, study_noise
 from study.stats import EPS, PairedStats, bh_adjust, paired_bootstrap, paired_stats, per_category
 
-__all__ = ["GateConfig", "GateMismatch", "Verdict", "judge", "paired_bootstrap", "bh_adjust"]
+__all__ = ["GateConfig", "GateMismatch", "Noise", "Verdict", "judge", "night_gate", "paired_bootstrap", "bh_adjust"]
 
 MISMATCH_TOLERANCE = 0.10   # share of case ids that may differ before pairing is refused
 MISSING = 1.0               # constraint value for a missing score: as infeasible as [0, 1] scores get
@@ -44,7 +51,7 @@ JAILBREAK = "jailbreak"
 DEV, HOLDOUT = "dev", "holdout"
 KEPT, REVERTED = "kept", "reverted"
 STATS_KEYS = ("score", "baseline", "delta", "n_paired", "delta_ci", "p_better", "tie_rate",
-              "per_category", "holdout")
+              "per_category", "holdout", "noise")
 VETO_JAILBREAK, VETO_REGRESSION = "veto_jailbreak", "veto_regression"
 
 
@@ -61,6 +68,13 @@ class GateConfig:
     category_p_floor: float | None = None
     bootstrap_samples: int = 2000
     seed: int = 0
+    # The noise bar (study/noise.py): off while alpha is None.
+    alpha: float | None = None          # chance a night of no-better candidates promotes one
+    noise_sd: float | None = None       # prior training-seed sd of the dev overall
+    noise_adapters: int = 2             # adapters the prior was measured on (its weight when pooled)
+    noise_source: str = "prior"         # where the prior comes from, in words
+    looks: int = 1                      # candidates judged against this baseline tonight (the night sets it)
+    noise: Noise | None = None          # the study's own pooled estimate (the night sets it); None: the prior
 
     def __post_init__(self) -> None:
         checks = {
@@ -72,10 +86,30 @@ class GateConfig:
             or (_finite(self.category_p_floor) and 0 < self.category_p_floor < 1),
             "bootstrap_samples": isinstance(self.bootstrap_samples, int) and self.bootstrap_samples >= 1,
             "seed": isinstance(self.seed, int),
+            "alpha": self.alpha is None or (_finite(self.alpha) and 0 < self.alpha < 1),
+            "noise_sd": (self.noise_sd is None and self.alpha is None)
+            or (_finite(self.noise_sd) and self.noise_sd >= 0),
+            "noise_adapters": isinstance(self.noise_adapters, int) and self.noise_adapters >= 1,
+            "looks": isinstance(self.looks, int) and not isinstance(self.looks, bool) and self.looks >= 1,
         }
         for key, ok in checks.items():
             if not ok:
-                raise ConfigError(None, f"gate.{key}", f"invalid value {getattr(self, key)!r}")
+                why = " (alpha needs a noise_sd)" if key == "noise_sd" and self.noise_sd is None else ""
+                raise ConfigError(None, f"gate.{key}", f"invalid value {getattr(self, key)!r}{why}")
+
+    def noise_estimate(self) -> Noise | None:
+        """The training-seed noise the bar uses: the study's pooled estimate, else the prior."""
+        if self.noise is not None:
+            return self.noise
+        if self.noise_sd is None:
+            return None
+        return Noise(sd=float(self.noise_sd), adapters=self.noise_adapters, source=self.noise_source)
+
+    def noise_bar(self) -> Bar | None:
+        noise = self.noise_estimate()
+        if self.alpha is None or noise is None:
+            return None
+        return bar(self.margin, self.alpha, self.looks, noise, self.require_p)
 
 
 @dataclass(frozen=True)
@@ -94,6 +128,8 @@ class Verdict:
     per_category: dict[str, dict[str, Any]] = field(default_factory=dict)
     # {score, baseline, delta, n_paired, p_better, delta_ci, tie_rate}: reported, never gating
     holdout: dict[str, Any] | None = None
+    # study.noise.Bar as a dict: what the candidate had to clear and why; None when the bar is off
+    noise: dict[str, Any] | None = None
 
     @property
     def feasible(self) -> bool:
@@ -254,17 +290,18 @@ def _regression_rule(cand_agents: Mapping[str, float], base_agents: Mapping[str,
 
 
 def _statistical_rule(overall: PairedStats | None, cats: Mapping[str, Mapping[str, Any]],
-                      cfg: GateConfig) -> tuple[bool, list[str]]:
+                      cfg: GateConfig, noise: Bar | None) -> tuple[bool, list[str]]:
     ok, reasons = True, []
-    if cfg.require_p is not None:
+    require_p = noise.required_p if noise is not None else cfg.require_p
+    if require_p is not None:
         if overall is None:
             ok = False
             reasons.append("statistical gate: no paired dev cases to bootstrap")
         else:
-            p_ok = overall.p_better >= cfg.require_p - EPS
+            p_ok = overall.p_better >= require_p - EPS
             ok = ok and p_ok
             reasons.append(f"P(candidate > baseline) {overall.p_better:.3f} "
-                           f"{'>=' if p_ok else '<'} {cfg.require_p:.3f}")
+                           f"{'>=' if p_ok else '<'} {require_p:.4f}")
     if cfg.category_p_floor is not None:
         floor = cfg.category_p_floor
         if not cats:
@@ -307,13 +344,17 @@ def judge(candidate: dict, baseline: dict | None, cfg: GateConfig = GateConfig()
     overall = paired_stats(pairs.cand, pairs.base, cfg.bootstrap_samples, cfg.seed) if pairs.cand else None
     cats = per_category(pairs.by_category, cfg.bootstrap_samples, cfg.seed)
 
+    noise = cfg.noise_bar()
+    required = noise.required_delta if noise is not None else cfg.margin
     delta = score - base_score
-    threshold_ok = delta >= cfg.margin - EPS
+    threshold_ok = delta >= required - EPS
     reasons = list(jb_reasons) + list(reg_reasons)
     sign = ">=" if threshold_ok else "<"
-    reasons.append(f"overall {score:.3f} {sign} baseline {base_score:.3f} + {cfg.margin:.3f}")
-    stat_ok, stat_reasons = _statistical_rule(overall, cats, cfg)
+    reasons.append(f"overall {score:.3f} {sign} baseline {base_score:.3f} + {required:.3f}")
+    stat_ok, stat_reasons = _statistical_rule(overall, cats, cfg, noise)
     reasons += stat_reasons
+    if noise is not None:
+        reasons.append(noise.line())
     if overall is not None:
         reasons.append(_stats_line(overall))
 
@@ -331,4 +372,13 @@ def judge(candidate: dict, baseline: dict | None, cfg: GateConfig = GateConfig()
         tie_rate=overall.tie_rate if overall else None,
         constraints={"jailbreak": jb_constraint, "regression": reg_constraint},
         n_paired=overall.n if overall else 0, per_category=cats,
-        holdout=_holdout_report(candidate, baseline, cfg))
+        holdout=_holdout_report(candidate, baseline, cfg), noise=noise.to_dict() if noise else None)
+
+
+def night_gate(cfg: GateConfig, looks: int, trials: Iterable[Any]) -> GateConfig:
+    """The night's gate: `looks` candidates judged against one baseline, and (noise bar on)
+    the prior training-seed noise pooled with the study's repeated configs (`trials`)."""
+    if cfg.alpha is None or cfg.noise_sd is None:
+        return dataclasses.replace(cfg, looks=looks)
+    prior = Noise(sd=float(cfg.noise_sd), adapters=cfg.noise_adapters, source=cfg.noise_source)
+    return dataclasses.replace(cfg, looks=looks, noise=study_noise(trials, prior))

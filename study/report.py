@@ -103,6 +103,8 @@ def build_report(study, night: date, reports_dir: Path, baseline_eval: dict | No
     if best is not None:
         lines += [f"Best tonight: **{best.user_attrs.get('experiment_id')}** score {best.user_attrs['score']:.3f} "
                   f"({best.user_attrs.get('result')}).", ""]
+    from study.noise import report_lines as noise_lines
+    lines += noise_lines(trials)    # how large a difference tonight could tell from noise
     for title, img in images:
         lines += [f"## {title}", "", f"![{title}]({img.name})", ""]
     return atomic_write_text(reports_dir / f"{stem}.md", "\n".join(lines))

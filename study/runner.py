@@ -34,7 +34,7 @@ from study.results import export_results, export_trial
 from study.serving import make_serving
 from study.dbmutex import db_mutex
 from study.follow import reconcile_current, sync_current
-from study.gate import judge
+from study.gate import judge, night_gate
 from study.storage import open_storage, open_study, recover_local_trials, worker_id
 from study.workers import (BASE_ID, Candidate, SharedBaseline, night_id, promote_cas, read_baseline, run_night,
                            tonight)
@@ -246,10 +246,16 @@ class NightRunner:
                 self.console.print("  " + "  ".join(f"{k}={v:g}" for k, v in params.items()))
                 return params
 
-            gate_cfg = GateConfig(margin=s.gate.margin, jailbreak_floor=s.gate.jailbreak_floor,
-                                  regression_cap=s.gate.regression_cap, require_p=s.gate.require_p,
-                                  category_p_floor=s.gate.category_p_floor,
-                                  bootstrap_samples=s.gate.bootstrap_samples)
+            # Tonight's candidates are judged against one baseline (looks), and the noise bar
+            # pools the configured prior with the study's own repeated configs.
+            gate_cfg = night_gate(GateConfig(
+                margin=s.gate.margin, jailbreak_floor=s.gate.jailbreak_floor,
+                regression_cap=s.gate.regression_cap, require_p=s.gate.require_p,
+                category_p_floor=s.gate.category_p_floor, bootstrap_samples=s.gate.bootstrap_samples,
+                alpha=s.gate.alpha, noise_sd=s.gate.noise_sd, noise_adapters=s.gate.noise_adapters,
+                noise_source=s.gate.noise_source), looks=p.max_trials, trials=study.get_trials(deepcopy=False))
+            if gate_cfg.noise_bar() is not None:
+                self.console.print(f"[dim]{gate_cfg.noise_bar().line()}[/]")
 
             def on_verdict(trial: optuna.Trial, verdict: Verdict, evaluated: dict, adapter_dir: Path) -> str:
                 judged_id, judged_eval = baselines.judged   # what ctx.baseline() gave the gate

@@ -115,6 +115,13 @@ def statistics(stats: dict) -> list[str]:
             lines.append(f"| {cat} | {st.get('n', 'n/a')} | {_num(st.get('delta'), '+.3f')} | {_ci(st.get('ci'))} "
                          f"| {_num(st.get('p_better'))} | {_num(st.get('p_adjusted'))} "
                          f"| {_num(st.get('tie_rate'), '.0%')} |")
+    noise = stats.get("noise")
+    if isinstance(noise, dict):
+        lines += ["", f"Noise bar: delta had to reach {_num(noise.get('required_delta'), '+.3f')} and "
+                      f"P {_num(noise.get('required_p'), '.4f')} (training-seed sd {_num(noise.get('sd'), '.4f')} "
+                      f"from {noise.get('source', 'n/a')}; alpha {noise.get('alpha', 'n/a')} over "
+                      f"{noise.get('looks', 'n/a')} look(s)); a real gain of {_num(noise.get('detectable'), '+.3f')} "
+                      "passes 80% of the time."]
     hold = stats.get("holdout")
     if isinstance(hold, dict):
         lines += ["", f"Held out (reported, never used for selection): score {_num(hold.get('score'))} "

@@ -531,3 +531,111 @@ def test_a_rejudge_replaces_the_comparison_the_adapter_folder_carries(tmp_path):
     assert (got["result"], got["against"], got["rejudged_from"]) == (
         "reverted", "exp-b", {"result": "kept", "baseline": 0.6})
     assert got["baseline"] == pytest.approx(0.64)
+
+
+# --- the noise bar (study/noise.py): training-seed noise and a night's several looks -----
+
+import dataclasses  # noqa: E402
+from statistics import NormalDist  # noqa: E402
+
+from study.gate import night_gate  # noqa: E402
+from study.noise import Noise  # noqa: E402
+
+WIN = cases(30, 1.0)          # a consistent win: P(candidate > baseline) = 1
+FLAT = cases(30, 0.0)
+
+
+def noisy(sd=0.02, alpha=0.05, looks=4, **kw):
+    return GateConfig(alpha=alpha, noise_sd=sd, looks=looks, **kw)
+
+
+def required(sd, alpha, looks):
+    return NormalDist().inv_cdf(1 - alpha / looks) * 2 ** 0.5 * sd
+
+
+def test_noise_bar_threshold_boundary():
+    need = required(0.02, 0.05, 4)                     # 2.2414 * 1.4142 * 0.02 = 0.0634
+    assert need == pytest.approx(0.0634, abs=1e-4)
+    base = summary(0.60, case_scores=FLAT)
+    for delta, expected in ((need - JUST, "reverted"), (need, "kept"), (need + JUST, "kept"),
+                            (0.021, "reverted")):     # clears the plain margin, not the noise
+        v = judge(summary(0.60 + delta, case_scores=WIN), base, noisy())
+        assert v.result == expected, delta
+        assert v.noise["required_delta"] == pytest.approx(need)
+        assert v.feasible                              # noise doubt is not a safety veto
+    assert judge(summary(0.60 + 0.021, case_scores=WIN), base).result == "kept"   # bar off: the margin
+
+
+def test_noise_bar_margin_wins_when_the_noise_is_small():
+    cfg = noisy(sd=0.001)                             # z * sqrt(2) * sd = 0.0032 < 0.02
+    base = summary(0.60, case_scores=FLAT)
+    assert judge(summary(0.62 - JUST, case_scores=WIN), base, cfg).result == "reverted"
+    v = judge(summary(0.62, case_scores=WIN), base, cfg)
+    assert v.result == "kept" and v.noise["required_delta"] == 0.02
+    assert v.noise["noise_margin"] == pytest.approx(required(0.001, 0.05, 4))
+
+
+def test_noise_bar_more_looks_need_more():
+    base = summary(0.60, case_scores=FLAT)
+    delta = (required(0.02, 0.05, 1) + required(0.02, 0.05, 4)) / 2   # between one look's bar and four's
+    cand = summary(0.60 + delta, case_scores=WIN)
+    assert judge(cand, base, noisy(looks=1)).result == "kept"
+    v = judge(cand, base, noisy(looks=4))
+    assert v.result == "reverted"
+    assert v.noise["looks"] == 4 and v.noise["alpha_per_look"] == pytest.approx(0.0125)
+    assert v.noise["required_p"] == pytest.approx(0.9875)
+
+
+def test_noise_bar_p_boundary():
+    # 3 of 30 cases better, 27 tied: the bootstrap P is some p0 < 1; a bar asking exactly p0 keeps.
+    base = summary(0.60, case_scores=FLAT)
+    cand = summary(0.70, case_scores={**FLAT, "c0": 1.0, "c1": 1.0, "c2": 1.0})
+    p0 = judge(cand, base).p_better
+    assert 0.9 < p0 < 1.0
+    looks = 4
+    at = judge(cand, base, noisy(sd=0.0, alpha=(1 - p0) * looks, looks=looks))
+    assert at.result == "kept" and at.noise["required_p"] == pytest.approx(p0)
+    above = judge(cand, base, noisy(sd=0.0, alpha=(1 - p0) * looks * 0.9, looks=looks))
+    assert above.result == "reverted"
+    assert any(r.startswith(f"P(candidate > baseline) {p0:.3f} < ") for r in above.reasons)
+    # require_p stricter than the bar's own P: the stricter one holds.
+    assert judge(cand, base, noisy(sd=0.0, alpha=(1 - p0) * looks, looks=looks,
+                                   require_p=min(0.999, p0 + 0.01))).result == "reverted"
+
+
+def test_noise_bar_prefers_the_study_estimate_and_is_recorded():
+    base = summary(0.60, case_scores=FLAT)
+    cand = summary(0.65, case_scores=WIN)
+    cfg = noisy(sd=0.02, noise_source="benchmark prior")
+    assert judge(cand, base, cfg).result == "reverted"          # needs 0.0634
+    measured = Noise(sd=0.01, adapters=12, source="prior pooled with 2 repeats")
+    v = judge(cand, base, dataclasses.replace(cfg, noise=measured))
+    assert v.result == "kept"                                   # needs 0.0317
+    st = json.loads(json.dumps(v.stats()))
+    assert st["noise"]["sd"] == 0.01 and st["noise"]["source"] == "prior pooled with 2 repeats"
+    assert st["noise"]["detectable"] == pytest.approx(st["noise"]["required_delta"]
+                                                      + NormalDist().inv_cdf(0.8) * 2 ** 0.5 * 0.01)
+    assert any(r.startswith("noise bar: delta >= 0.032") for r in v.reasons)
+    assert judge(cand, base).noise is None and "noise" in judge(cand, base).stats()
+    assert judge(cand, None, cfg).noise is None                 # nothing to beat: no bar
+
+
+def test_vetoes_outrank_the_noise_bar():
+    base = summary(0.60, case_scores=FLAT)
+    assert judge(summary(0.9, jailbreak=0.5, case_scores=WIN), base, noisy()).result == "veto_jailbreak"
+
+
+@pytest.mark.parametrize("kwargs", [dict(alpha=0.05), dict(alpha=0.0, noise_sd=0.01), dict(alpha=1.0, noise_sd=0.01),
+                                    dict(alpha=0.05, noise_sd=-0.01), dict(alpha=0.05, noise_sd=float("nan")),
+                                    dict(looks=0), dict(looks=True), dict(noise_adapters=0)])
+def test_bad_noise_config(kwargs):
+    with pytest.raises(ConfigError, match="gate\\."):
+        GateConfig(**kwargs)
+
+
+def test_night_gate_sets_looks_and_pools_the_prior():
+    cfg = GateConfig(alpha=0.05, noise_sd=0.02, noise_adapters=10, noise_source="prior")
+    night = night_gate(cfg, looks=4, trials=[])
+    assert night.looks == 4 and night.noise == Noise(0.02, 10, "prior")
+    off = night_gate(GateConfig(), looks=4, trials=[])
+    assert off.looks == 4 and off.noise is None and off.noise_bar() is None
