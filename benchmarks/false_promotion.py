@@ -22,6 +22,10 @@ paired bootstrap alone (P(candidate > baseline) >= 0.95), and the statistical ga
 (margin + P >= 0.95 + no category below the BH-adjusted floor 0.05), both through
 study.gate.judge as the night runs it. The safety vetoes are off here (jailbreak floor 0,
 regression cap 1): they are not what this measures.
+
+With --null-json (benchmarks/null_seeds.py's seeds of one config): null nights of four
+candidates, null sequences of ten nights under the ratchet, and detection, for the rules
+above, replication, and the noise bar over its alpha (benchmarks/null_nights.py).
 """
 from __future__ import annotations
 
@@ -96,21 +100,27 @@ def _cache_key(model_dir: Path, suite_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def generate_real(cache: Path, council: Path, pretrain_s: float, progress: bool) -> list[Path]:
-    """Two eval_results.json files of the demo warm-start config, seeds 0 and 1 (cached)."""
+def generate_real(cache: Path, council: Path, pretrain_s: float, progress: bool,
+                  seeds: Sequence[int] = (0, 1), budget_s: float | None = None) -> list[Path]:
+    """eval_results.json files of the demo warm-start config, one per training seed (cached).
+
+    budget_s replaces TRAIN's wall-clock safety budget (not part of the cache key): under
+    heavy load 180 s can cut a seed short of ITERS, and a shorter training is another config.
+    Each seed's train.json says how its training ended."""
     from demo import ensure_demo
     from common.fastblas import enable as enable_fast_blas
     enable_fast_blas(cache)  # before mlx's first matrix product
     import corpus
     import train_core
     from evaluation.harness import EvalConfig, run_eval
+    from common.atomic import atomic_write_json
     from evaluation.results import read_eval_results, write_eval_results
     from evaluation.suite import DEFAULT_SUITE_DIR
 
     assets = ensure_demo(cache, council, pretrain_seconds=pretrain_s, progress=progress)
     root = cache / "false_promotion" / _cache_key(assets.model_dir, Path(DEFAULT_SUITE_DIR))
     out = []
-    for seed in (0, 1):
+    for seed in seeds:
         path = root / f"seed{seed}" / "eval_results.json"
         out.append(path)
         try:
@@ -122,8 +132,11 @@ def generate_real(cache: Path, council: Path, pretrain_s: float, progress: bool)
         adapter = root / f"seed{seed}" / "adapter"
         t0 = time.perf_counter()
         spec = train_core.TrainSpec(model=str(assets.model_dir), data_dir=str(data.dir),
-                                    adapter_dir=str(adapter), seed=seed, **TRAIN)
+                                    adapter_dir=str(adapter), seed=seed,
+                                    **{**TRAIN, "budget_s": budget_s or TRAIN["budget_s"]})
         res = train_core.train(spec, progress=progress)
+        atomic_write_json(path.parent / "train.json", {"iters_done": res.iters_done, "stopped_by": res.stopped_by,
+                                                       "seconds": round(time.perf_counter() - t0, 1)})
         print(f"  trained seed {seed}: {res.iters_done} iters, stopped by {res.stopped_by}, "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
         t0 = time.perf_counter()
@@ -250,13 +263,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cache", default=str(ROOT / ".cache"))
     ap.add_argument("--council", default=str(ROOT / "council.yaml"))
     ap.add_argument("--pretrain-s", type=float, default=100.0, help="demo pre-training (autoresearch.toml's)")
+    ap.add_argument("--null-json", metavar="PATH",
+                    help="seeds of one config (benchmarks/null_seeds.py): simulate nights and sequences instead")
+    ap.add_argument("--sequences", type=int, default=300, help="with --null-json: null sequences of 10 nights")
+    ap.add_argument("--detections", type=int, default=300, help="with --null-json: draws per improvement size")
     ap.add_argument("--out", help="also write the report as JSON here")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
 
+def night_rules(sd: float) -> list:
+    """The rules the night benchmark compares; the noise bars' thresholds come from study.gate."""
+    from benchmarks.null_nights import Rule, noise_rule
+    return [Rule("plain +0.02", MARGIN),
+            Rule("statistical gate (P >= 0.95)", MARGIN, REQUIRE_P, CATEGORY_FLOOR),
+            Rule("statistical gate, P Bonferroni over 4", MARGIN, 1 - 0.05 / 4, CATEGORY_FLOOR),
+            Rule("statistical gate + replication", MARGIN, REQUIRE_P, CATEGORY_FLOOR, replicate=True),
+            noise_rule("noise bar alpha 0.05, 1 look", sd, 0.05, looks=1),
+            *(noise_rule(f"noise bar alpha {a:g}, 4 looks", sd, a) for a in (0.1, 0.05, 0.02, 0.01)),
+            *(noise_rule(f"noise margin alpha {a:g}, 4 looks, P >= 0.95", sd, a, p_min=REQUIRE_P)
+              for a in (0.2, 0.1, 0.05, 0.02, 0.01))]
+
+
+def main_nights(args: argparse.Namespace, sizes: list[float]) -> int:
+    from benchmarks.null_nights import load_null, render_nights, simulate_nights
+    t0 = time.perf_counter()
+    null = load_null(Path(args.null_json))
+    report = simulate_nights(null, night_rules(null.seed_sd), args.sequences, sizes, args.detections,
+                             args.seed, args.bootstrap_samples)
+    report.update(source=str(args.null_json), simulate_s=round(time.perf_counter() - t0, 1))
+    print(render_nights(report, sizes))
+    print(f"\n(simulation {report['simulate_s']} s)")
+    if args.out:
+        from common.atomic import atomic_write_json
+        atomic_write_json(Path(args.out), report)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.null_json:
+        try:
+            sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
+            if args.sequences < 1 or args.detections < 1 or not all(0 < s < 1 for s in sizes):
+                raise ConfigError(None, "--sequences/--detections/--sizes", "counts must be >= 1 and sizes in (0, 1)")
+            return main_nights(args, sizes)
+        except (ConfigError, ValueError, OSError, KeyError) as exc:
+            print(f"error: {args.null_json}: {exc}", file=sys.stderr)
+            return 2
     try:
         sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
         if len(args.eval_json) not in (0, 2):

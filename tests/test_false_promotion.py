@@ -1,6 +1,7 @@
 """benchmarks/false_promotion.py on synthetic vectors (the real ones take minutes to build)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -89,3 +90,81 @@ def test_pair_from_results_needs_shared_dev_cases():
     from common.errors import ConfigError
     with pytest.raises(ConfigError):
         pair_from_results({"cases": []}, {"cases": []})
+
+
+# --- null nights and sequences (benchmarks/null_nights.py) --------------------------------
+
+from benchmarks.false_promotion import night_rules  # noqa: E402
+from benchmarks.null_nights import (Judge, NullSet, World, load_null, noise_rule, rule_config,  # noqa: E402
+                                    simulate_nights)
+from study.gate import judge  # noqa: E402
+
+
+def synthetic_null(seeds=6, n_per_cat=12, sd=0.25, seed=0) -> NullSet:
+    """Seeds of one 'config': a shared per-case difficulty plus each seed's own noise."""
+    rng = np.random.default_rng(seed)
+    cats = np.repeat(CATS, n_per_cat + 3)
+    dev = np.tile(np.r_[np.ones(n_per_cat, bool), np.zeros(3, bool)], len(CATS))
+    base = rng.random(cats.size)
+    scores = np.clip(base + rng.normal(0, sd, (seeds, cats.size)), 0, 1)
+    return NullSet(categories=cats, dev=dev, scores=scores, seeds=[str(i) for i in range(seeds)])
+
+
+def test_block_adapters_take_each_category_from_one_real_seed():
+    null = synthetic_null()
+    world = World(null, np.random.default_rng(0))
+    a = world.adapter()
+    for c in world.cats:
+        got = a.dev[world.categories == c]
+        rows = [s for s in range(len(null.seeds)) if np.array_equal(null.scores[s, world.slots[c]], got)]
+        assert rows, c                                   # one real seed's scores on that category
+    whole = world.adapter(seeds=[2] * len(world.cats))
+    assert whole.dev.mean() == pytest.approx(null.seed_dev_overall[2])
+
+
+def test_rules_decide_as_judge_does():
+    """The benchmark decides every rule from one verdict's statistics; the same decision as
+    judge() under the GateConfig the night would run for that rule."""
+    null = synthetic_null(sd=0.3)
+    world = World(null, np.random.default_rng(3))
+    j = Judge(world, 300)
+    sd = null.seed_sd
+    rules = [(noise_rule("bar", sd, 0.05), 0.05), (noise_rule("bar 1", sd, 0.2, looks=1), 0.2)]
+    kept = set()
+    for _ in range(25):
+        base, cand = world.adapter(), world.adapter(gain=0.05)
+        for rule, alpha in rules:
+            looks = 4 if rule.name == "bar" else 1
+            full = judge(world.summary(cand), world.summary(base), rule_config(rule, sd, alpha, looks, 300))
+            assert rule.keeps(j(base, cand)) == full.kept
+            kept.add(full.kept)
+    assert kept == {True, False}                         # both outcomes were exercised
+
+
+def test_night_simulation_orders_the_rules():
+    null = synthetic_null(sd=0.35)
+    rules = night_rules(null.seed_sd)
+    report = simulate_nights(null, rules, sequences=12, sizes=[0.3], detections=12, seed=0, bootstrap_samples=200)
+    r = report["rates"]
+    plain, strict = r["plain +0.02"], r["noise bar alpha 0.01, 4 looks"]
+    assert plain["night_rate"] > strict["night_rate"]
+    assert plain["sequence_rate"] >= plain["night_rate"]   # ten nights promote at least as often as one
+    assert strict["detect_0.3"] >= 0.8                     # a large real gain still passes the strictest bar
+    assert r["statistical gate + replication"]["extra_trials_per_night"] >= 0
+    assert report["block_sd"] == pytest.approx(report["seed_sd"], rel=0.5)
+
+
+def test_cli_with_null_json(tmp_path, capsys):
+    null = synthetic_null()
+    cases = [{"id": f"c{i}", "agent": "yoda", "category": str(c), "split": "dev" if d else "holdout"}
+             for i, (c, d) in enumerate(zip(null.categories, null.dev))]
+    data = {"cases": cases, "seeds": {s: {"overall": 0.0, "holdout": None, "scores": null.scores[i].tolist()}
+                                      for i, s in enumerate(null.seeds)}}
+    path = tmp_path / "null.json"
+    path.write_text(json.dumps(data))
+    assert load_null(path).scores.shape == null.scores.shape
+    assert main(["--null-json", str(path), "--sequences", "2", "--detections", "2", "--bootstrap-samples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "| noise bar alpha 0.05, 4 looks |" in out and "10-night sequences promoting" in out
+    assert main(["--null-json", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
