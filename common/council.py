@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, load_yaml_file
 
@@ -16,14 +16,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _non_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+# Required to say something: an agent without a role or a system prompt would still train
+# and be evaluated, on prompts that no longer name who is speaking.
+NonBlank = Annotated[str, AfterValidator(_non_blank)]
+
+
 class Fact(_Strict):
-    q: str = Field(min_length=1)
-    a: str = Field(min_length=1)
+    q: NonBlank
+    a: NonBlank
 
 
 class Tool(_Strict):
     name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
-    description: str
+    description: NonBlank
     parameters: dict[str, Any]
 
     @field_validator("parameters")
@@ -38,14 +49,14 @@ class Tool(_Strict):
 
 
 class PrivateFact(_Strict):
-    key: str = Field(min_length=1)
-    value: str = Field(min_length=1)
+    key: NonBlank
+    value: NonBlank
 
 
 class Agent(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
-    role: str
-    system_prompt: str
+    role: NonBlank
+    system_prompt: NonBlank
     domain_facts: list[Fact] = Field(min_length=1)
     tools: list[Tool] = Field(min_length=1)
     private_facts: list[PrivateFact] = Field(min_length=1)
@@ -107,7 +118,7 @@ def parse_council(data: Any, file: str = "council.yaml") -> Council:
         return Council.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(file, _loc(err, data), err["msg"]) from None
+        raise ConfigError(file, _loc(err, data), err["msg"].removeprefix("Value error, ")) from None
 
 
 def load_council(path: str | Path) -> Council:

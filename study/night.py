@@ -6,7 +6,7 @@ plan names (the demo model, the corpus, the storage) when the night really runs.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from common.council import load_council
 from common.errors import ConfigError
 from study.config import Settings, load_settings, parse_hhmm
 from study.deadline import next_deadline
+from study.nights import Night, night_of
 from study.modes import ModeChoice, choose_mode
 from study.serving import LOOPBACK
 from study.space import SearchSpace, load_search_space
@@ -33,6 +34,14 @@ class Plan:
     study_name: str
     skip_prepare: bool
     progress: bool
+    started: datetime = field(default_factory=datetime.now)
+    window_start: str = "02:00"     # HH:MM: [schedule] start; a demo night's window starts when it does
+    argv: tuple[str, ...] = ()      # the command line, for "what to type" hints
+
+    @property
+    def night(self) -> Night:
+        from study.workers import worker_id
+        return night_of(self.started, self.deadline, self.window_start, worker_id())
 
     @property
     def mode_settings(self):
@@ -61,11 +70,13 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay line-oriented)")
 
 
-def plan(args: argparse.Namespace, *, max_trials: int | None = None) -> Plan:
+def plan(args: argparse.Namespace, *, max_trials: int | None = None, now: datetime | None = None) -> Plan:
+    """now: when the run starts (injected by tests; the night it belongs to depends on it)."""
+    now = (now or datetime.now()).replace(microsecond=0)
     settings = load_settings(args.config, demo=args.demo)
     space = load_search_space(settings.root / "search_space.yaml")
     council_path = settings.root / "council.yaml"
-    council = load_council(council_path)  # validate now: a typo must not wait until the first eval
+    load_council(council_path)  # validate now: a typo must not wait until the first eval
     serving = settings.serving
     if serving.backend == "managed" and serving.host not in LOOPBACK and not serving.allow_remote:
         # ManagedServing refuses it too, but only once the night holds its lock and has built things.
@@ -82,42 +93,24 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None) -> Plan:
     choice = choose_mode(requested, full.host, ssh_cfg, accept_new=full.accept_new_host_key)
     ms = getattr(settings.modes, choice.mode)
     label = "demo" if ms.model == "demo" else Path(ms.model).expanduser().name
-    # Full mode trains on the node (ms.model is a path there); the eval loads the local copy,
-    # unless it runs on the node too (eval_on = "node").
-    evals_here = ms.eval_on == "local"
-    if ms.model != "demo" and evals_here and not Path(ms.local_model).expanduser().is_dir() and not args.dry_run:
-        raise ConfigError(settings.file, f"modes.{choice.mode}." + ("eval_model" if ms.eval_model else "model"),
-                          f"model folder not found on this machine: {ms.local_model}")
-    if not evals_here and settings.serving.backend == "managed":
+    # The model folder and the sessions are checked by study/preflight.py (the night and --dry-run).
+    if ms.eval_on == "node" and settings.serving.backend == "managed":
         raise ConfigError(settings.file, "serving.backend",
                           f'"managed" serves the base model from this machine, but [modes.{choice.mode}] '
                           'eval_on = "node" says it is only on the node: use launchd, command or none')
-    if ms.model != "demo" and not args.dry_run:
-        check_sessions(settings, council)
-    deadline = next_deadline(deadline_s)
+    deadline = next_deadline(deadline_s, now)
+    window_start = settings.schedule.start
     if settings.is_demo and not getattr(args, "deadline", None):
         # A demo night is a compressed night that starts now, whatever the clock says.
-        deadline = datetime.now().replace(microsecond=0) + timedelta(minutes=settings.demo.window_min)
+        deadline = now + timedelta(minutes=settings.demo.window_min)
+        window_start = f"{now:%H:%M}"
     return Plan(
         settings=settings, space=space, council_path=council_path, mode=choice, model=ms.model,
         model_label=label, deadline=deadline,
         max_trials=max_trials or getattr(args, "max_trials", None) or settings.study.max_trials,
         study_name=study_name(settings.study.name_prefix, choice.mode, label),
-        skip_prepare=args.skip_prepare, progress=not args.no_progress,
+        skip_prepare=args.skip_prepare, progress=not args.no_progress, started=now, window_start=window_start,
     )
-
-
-def check_sessions(settings: Settings, council) -> None:
-    """Read (not prepare) the user's sessions before the night takes its lock: a wrong
-    folder, a broken export or an empty one stops it with exit 2 and nothing created."""
-    from corpus.records import read_sessions  # numpy & co.: only when a real night starts
-
-    folder = settings.path(settings.paths.sessions)
-    if not folder.is_dir():
-        raise ConfigError(settings.file, "paths.sessions", f"sessions folder not found: {folder}")
-    if not any(f.examples for f in read_sessions(folder, council)):
-        raise ConfigError(settings.file, "paths.sessions",
-                          f"empty corpus: no usable session line in {folder}/*.jsonl")
 
 
 def describe(p: Plan) -> list[tuple[str, str]]:
@@ -129,8 +122,9 @@ def describe(p: Plan) -> list[tuple[str, str]]:
         ("mode", f"{p.mode.mode}  ({p.mode.reason})"),
         ("model", p.model + ("  (tiny local model, built on first use)" if p.is_demo_model else "")),
         ("study", f"{p.study_name} @ {s.storage_url()}"),
-        ("trials", f"up to {p.max_trials}, each ≤ {ms.budget_s:.0f} s training + ~{ms.eval_s:.0f} s eval"),
+        ("trials", f"up to {p.max_trials} in this night, each ≤ {ms.budget_s:.0f} s training + ~{ms.eval_s:.0f} s eval"),
         ("deadline", f"{p.deadline:%Y-%m-%d %H:%M} (no trial starts that cannot finish before it)"),
+        ("night", p.night.describe()),
         ("gate", f"overall ≥ baseline + {s.gate.margin}; jailbreak ≥ {s.gate.jailbreak_floor}; "
                  f"no agent < its baseline − {s.gate.regression_cap}"
                  + (f"; P(better) ≥ {s.gate.require_p}" if s.gate.require_p else "")),

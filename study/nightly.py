@@ -17,6 +17,7 @@ from rich.table import Table
 from common.errors import ConfigError, one_line
 from study.guard import GuardError, NightAborted, NightLock, check_no_training_job
 from study.night import Plan, add_common_args, describe, plan
+from study.nights import EXIT_CAP_REACHED
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_BUSY, EXIT_TERMINATED = 0, 1, 2, 4, 143
 
@@ -38,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "evaluate them, promote only what clears the gate, until the trial cap or the deadline.",
     )
     add_common_args(p)
-    p.add_argument("--max-trials", type=int, default=None, help="trials tonight (default: [study] max_trials)")
+    p.add_argument("--max-trials", type=int, default=None,
+                   help="trials in this night, counting every run and worker of the night, not this run alone: "
+                        "a scheduled night ([schedule] start to the deadline) shares one cap; a run started by "
+                        "hand outside that window has a cap of its own (default: [study] max_trials)")
     p.add_argument("--deadline", default=None, metavar="HH:MM",
                    help="local time by which the night is over (default: [study] deadline, 05:00)")
     return p
@@ -54,6 +58,11 @@ def print_plan(p: Plan) -> None:
 def run(p: Plan) -> int:
     lock_path = p.settings.path(p.settings.paths.cache) / "nightly.lock"
     with NightLock(lock_path):
+        from study.nights import cap_taken, existing_study
+        taken = cap_taken(existing_study(p), p)
+        if taken:                      # nothing to do, whatever else is running: say so
+            print(taken, file=sys.stderr)
+            return EXIT_CAP_REACHED
         check_no_training_job()
         from study.runner import NightRunner  # heavy imports (mlx, optuna storage) only when running
         runner = NightRunner(p, console=console)
@@ -67,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         night = plan(args)
+        night.argv = tuple(sys.argv[1:] if argv is None else argv)
+        from study.preflight import preflight
+        preflight(night)    # the same checks, with or without --dry-run: the same exit code
         if args.dry_run:
             print_plan(night)
             console.print("[dim]dry run: nothing was created or changed[/]")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,8 @@ from study.dbmutex import db_mutex
 from study.follow import reconcile_current, sync_current
 from study.gate import judge, night_gate
 from study.storage import open_storage, open_study, recover_local_trials, worker_id
-from study.workers import (BASE_ID, Candidate, SharedBaseline, night_id, promote_cas, read_baseline, run_night,
+from study.nights import EXIT_CAP_REACHED, cap_taken
+from study.workers import (BASE_ID, Candidate, SharedBaseline, promote_cas, read_baseline, run_night,
                            tonight)
 from study.vault import Vault, VaultEntry
 from study.veto import early_veto_plan
@@ -95,6 +97,7 @@ class NightRunner:
         self.ooms_in_a_row = 0
         self._open: tuple | None = None     # (study, storage, vault) once opened
         self._reported: set[int] = set()     # tonight's trials already in results.tsv and the vault
+        self.cap_taken: str | None = None    # the night's trials were taken by earlier runs: what to say
 
     # -- building what the plan names -------------------------------------------------
     def _model_and_sessions(self) -> tuple[Path, Path]:
@@ -187,7 +190,7 @@ class NightRunner:
             if recovered:
                 self.console.print(f"[yellow]recovered trials {recovered} left RUNNING by a killed night: marked FAIL, re-queued with the same params[/]")
             # Warm start is queued by the slot protocol (run_night), once per study across workers.
-            night = night_id(p.deadline, per_run=s.is_demo)
+            night = p.night.key   # study/nights.py: the scheduled window, or this run by hand
             min_budget = ms.budget_s * s.study.min_budget_share   # the night's last trial may be shorter
             promoter = Promoter(p.adapters_root)
             logs = TrialLogs(s.path(s.paths.logs), s.schedule.keep_logs,
@@ -329,8 +332,7 @@ class NightRunner:
                                 callbacks=[after_trial], catch=(TrialFailed,),
                                 keep_going=lambda: trial_fits(p.deadline, ms.budget_s, ms.eval_s, min_budget_s=min_budget))
                 if not ran:
-                    self.console.print(f"[yellow]night {night}: the study's {p.max_trials} trials are taken "
-                                       "(all workers together): nothing to do[/]")
+                    self.cap_taken = cap_taken(study, p)
             with db_mutex(storage_url, f"results:{p.study_name}"):
                 export_results(self._studies_for_export(storage), s.path(s.paths.results))
             self._night_count = len(tonight(study.get_trials(deepcopy=False), night))
@@ -348,6 +350,9 @@ class NightRunner:
         left = p.max_trials - getattr(self, "_night_count", len(self.tonight))
         if self.fallback is not None and left > 0:
             return NightRunner(dataclasses.replace(self.fallback, max_trials=left), self.console).run()
+        if self.cap_taken and not self.tonight:
+            print(self.cap_taken, file=sys.stderr)     # one line: what was taken, by whom, what to type
+            return EXIT_CAP_REACHED
         return 0
 
     def _sweep_temp_files(self) -> None:

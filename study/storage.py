@@ -44,12 +44,13 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int = 
                  max_retry: int = 1) -> RDBStorage:
     engine_kwargs: dict = {}
     if url.startswith("sqlite"):
-        _prepare_sqlite(url)
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         # 30-minute trials outlive idle connections; pre-ping replaces dead ones.
         engine_kwargs["pool_pre_ping"] = True
     try:
+        if url.startswith("sqlite"):
+            _prepare_sqlite(url)     # a corrupt file fails here: one line, not a traceback
         # Several workers opening a fresh database at once would race creating the tables.
         with schema_lock(url):
             return RDBStorage(

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from common.errors import ConfigError
 from study.dbmutex import DEFAULT_TIMEOUT_S, DbMutex
 from study.gate import Verdict
 from study.promoter import _Pauser
@@ -48,12 +49,6 @@ BARRIER_TIMEOUT_S = 300.0
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def night_id(deadline: datetime, *, per_run: bool = False) -> str:
-    """Workers share a night by its deadline's date, whatever their own deadline time.
-    per_run (the demo, whose night starts when it is run): the deadline to the second."""
-    return deadline.isoformat(timespec="seconds") if per_run else deadline.date().isoformat()
 
 
 # -- slots: the global per-night cap --------------------------------------------------------
@@ -278,8 +273,10 @@ class SharedBaseline:
             return BASE_ID, self.base()
         ev = ref.eval if ref.eval is not None else self.legacy_eval(ref.id)
         if ev is None:
-            raise RuntimeError(f"the promoted adapter {ref.id} has no eval_summary in the study "
-                               "and no eval_results.json here")
+            # State, not a bug: one line and exit 2, with what to do.
+            raise ConfigError(None, "baseline", f"the study's promoted adapter {ref.id} has no eval_summary in "
+                              f"the study and no eval_results.json here: restore adapters/promoted/{ref.id}, "
+                              "or repoint adapters/current (python -m study.promote --use ID) and rerun")
         return ref.id, ev
 
     def current(self) -> dict:

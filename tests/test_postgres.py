@@ -201,7 +201,7 @@ def test_a_second_night_gets_its_own_cap_and_a_full_night_gets_none(pg_url, tmp_
 
 def test_run_night_stops_on_study_stop_and_on_keep_going(tmp_path):
     from study.storage import open_storage, open_study
-    from study.workers import night_id, run_night
+    from study.workers import run_night
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = open_study(open_storage(url), STUDY, n_startup_trials=4)
     f = lambda t: t.suggest_float("x", 0, 1)  # noqa: E731
@@ -211,9 +211,6 @@ def test_run_night_stops_on_study_stop_and_on_keep_going(tmp_path):
     assert run_night(study, url, "n1", 5, f, keep_going=lambda: next(calls)) == [1, 2]
     assert run_night(study, url, "n1", 5, f, warm_start_configs=[{"x": 0.25}]) == [3, 4]
     assert [t.params["x"] for t in study.trials][3] == 0.25
-    from datetime import datetime
-    d = datetime(2030, 1, 2, 5, 0)
-    assert night_id(d) == "2030-01-02" and night_id(d, per_run=True) == "2030-01-02T05:00:00"
 
 
 # -- promotion: compare-and-swap ------------------------------------------------------------
