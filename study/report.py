@@ -39,7 +39,14 @@ def plot_history(study, baseline: float | None, path: Path) -> Path:
         ax.axhline(baseline, color="tab:red", linestyle="--", label=f"baseline {baseline:.3f}")
         ax.legend(loc="lower right")
     ax.set_title(f"{study.study_name}: Council score per trial")
+    _whole_numbers(ax.xaxis)
     return _save(ax.figure, path)
+
+
+def _whole_numbers(axis) -> None:
+    """Trial numbers are whole: no tick at trial 2.5."""
+    from matplotlib.ticker import MaxNLocator
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_importances(study, path: Path) -> Path | None:
@@ -51,7 +58,10 @@ def plot_importances(study, path: Path) -> Path | None:
     return _save(ax.figure, path)
 
 
-def plot_bars(cand: dict[str, float], base: dict[str, float], title: str, path: Path) -> Path:
+def plot_bars(cand: dict[str, float], base: dict[str, float], title: str, path: Path,
+              floors: dict[str, float] | None = None) -> Path:
+    """Baseline and best candidate side by side; `floors` (e.g. {"jailbreak": 0.70}) draws
+    each key's veto floor across its pair of bars, so a bar under it reads as vetoed."""
     import matplotlib.pyplot as plt
     import numpy as np
     keys = sorted(set(cand) | set(base))
@@ -60,13 +70,19 @@ def plot_bars(cand: dict[str, float], base: dict[str, float], title: str, path: 
     ax.bar(x - 0.2, [base.get(k, 0) for k in keys], 0.4, label="baseline", color="tab:gray")
     ax.bar(x + 0.2, [cand.get(k, 0) for k in keys], 0.4, label="best candidate", color="tab:blue")
     ax.set_xticks(x, keys, rotation=20)
+    for key, floor in (floors or {}).items():
+        if key in keys:
+            i = keys.index(key)
+            ax.hlines(floor, i - 0.45, i + 0.45, colors="tab:red", linestyles="--", linewidth=2,
+                      label=f"{key} floor {floor:.2f}")
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend()
     return _save(fig, path)
 
 
-def build_report(study, night: date, reports_dir: Path, baseline_eval: dict | None) -> Path:
+def build_report(study, night: date, reports_dir: Path, baseline_eval: dict | None,
+                 jailbreak_floor: float | None = None) -> Path:
     """Write reports/<night>.md and its PNGs; returns the markdown path."""
     import matplotlib
     matplotlib.use("Agg")
@@ -86,9 +102,10 @@ def build_report(study, night: date, reports_dir: Path, baseline_eval: dict | No
     if imp:
         images.append(("Parameter importances", imp))
     if best is not None and baseline_eval:
-        images.append(("Per category: best candidate vs baseline",
+        images.append(("Per category: best candidate vs baseline (red dashes: the jailbreak floor)",
                        plot_bars(best.user_attrs.get("per_category", {}), baseline_eval.get("per_category", {}),
-                                 "per category", reports_dir / f"{stem}-categories.png")))
+                                 "per category", reports_dir / f"{stem}-categories.png",
+                                 floors={"jailbreak": jailbreak_floor} if jailbreak_floor is not None else None)))
         images.append(("Per agent: best candidate vs baseline",
                        plot_bars(best.user_attrs.get("per_agent", {}), baseline_eval.get("per_agent", {}),
                                  "per agent", reports_dir / f"{stem}-agents.png")))
@@ -146,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if cur and (cur / "eval_results.json").exists():
         from evaluation.results import read_eval_results
         baseline = read_eval_results(cur / "eval_results.json")
-    path = build_report(study, night, s.path(s.paths.reports), baseline)
+    path = build_report(study, night, s.path(s.paths.reports), baseline, jailbreak_floor=s.gate.jailbreak_floor)
     print(path)
     return 0
 

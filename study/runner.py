@@ -15,7 +15,6 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 from rich.console import Console
-from rich.table import Table
 
 from common.atomic import sweep_temp_files
 from common.errors import ConfigError
@@ -38,13 +37,11 @@ from study.follow import reconcile_current, sync_current
 from study.gate import judge, night_gate
 from study.storage import open_storage, open_study, recover_local_trials, worker_id
 from study.nights import EXIT_CAP_REACHED, cap_taken
+from study.screen import night_table
 from study.workers import (BASE_ID, Candidate, SharedBaseline, promote_cas, read_baseline, run_night,
                            tonight)
 from study.vault import Vault, VaultEntry
 from study.veto import early_veto_plan
-
-# Parameters worth a column on the morning screen.
-SHOWN = ("LEARNING_RATE", "NUM_LAYERS", "LORA_RANK", "LORA_ALPHA", "ITERS", "DATA_MIX_RATIO")
 
 
 class BaselineKeeper:
@@ -338,7 +335,8 @@ class NightRunner:
             self._night_count = len(tonight(study.get_trials(deepcopy=False), night))
             if self.tonight:
                 from study.report import build_report
-                self.report_path = build_report(study, datetime.now().date(), s.path(s.paths.reports), night_baseline)
+                self.report_path = build_report(study, datetime.now().date(), s.path(s.paths.reports), night_baseline,
+                                                jailbreak_floor=s.gate.jailbreak_floor)
             self._summary(study, promoter, time.time() - started)
         except BaseException:
             self._save_what_ended()
@@ -412,21 +410,8 @@ class NightRunner:
 
     def _summary(self, study: optuna.Study, promoter: Promoter, elapsed: float) -> None:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        table = Table(title=f"tonight: {self.p.study_name}  ({elapsed:.0f} s)")
-        short = {"LEARNING_RATE": "lr", "NUM_LAYERS": "layers", "LORA_RANK": "rank", "LORA_ALPHA": "alpha",
-                 "ITERS": "iters", "DATA_MIX_RATIO": "mix"}
-        for col in ("#", *(short.get(c, c.lower()) for c in SHOWN), "score", "baseline", "result", "first reason"):
-            table.add_column(col, overflow="fold")
-        for n in self.tonight:
-            t = trials.get(n)
-            if t is None:
-                continue
-            ua = t.user_attrs
-            table.add_row(str(n), *(f"{t.params.get(k, float('nan')):.3g}" for k in SHOWN),
-                          f"{ua['score']:.3f}" if ua.get("score") is not None else "–",
-                          f"{ua['baseline']:.3f}" if ua.get("baseline") is not None else "–",
-                          ua.get("result", t.state.name.lower()),
-                          (ua.get("reasons") or [""])[0][:60])
+        table = night_table((trials[n] for n in self.tonight if n in trials),
+                            f"tonight: {self.p.study_name}  ({elapsed:.0f} s)")
         self.console.print(table)
         cur = promoter.current_id()
         try:
