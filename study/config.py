@@ -177,6 +177,28 @@ class CorpusSettings(_Strict):
     generator_timeout_s: float = Field(30.0, gt=0)
 
 
+class ProposerSettings(_Strict):
+    """An LLM that proposes a share of the searched trials (study/proposer.py), configured
+    like the corpus generator: a LiteLLM model name, its api_base, the NAME of the
+    environment variable holding its key (never the key)."""
+    enabled: bool = False
+    model: str = ""                     # e.g. "openai/default_model" (a local mlx_lm server)
+    api_base: str = ""                  # e.g. "http://127.0.0.1:8080/v1"
+    api_key_env: str = ""
+    timeout_s: float = Field(60.0, gt=0)
+    share: float = Field(0.3, gt=0, le=1)           # of the searched trials, after the warm start
+    max_tokens_per_night: int = Field(40000, ge=0)  # prompt + reply tokens, all workers together
+    max_tokens: int = Field(300, ge=16)             # one reply
+    temperature: float = Field(0.2, ge=0)
+    max_rows: int = Field(40, ge=1)                 # trials shown in the brief (the latest, plus the best)
+
+    @model_validator(mode="after")
+    def _needs_a_model(self) -> "ProposerSettings":
+        if self.enabled and not self.model:
+            raise ValueError("enabled = true needs a model (a LiteLLM model name)")
+        return self
+
+
 class VaultSettings(_Strict):
     root: str = "~/.sanctum/memory"
     retention: int = Field(500, ge=1)
@@ -246,6 +268,7 @@ class Settings(_Strict):
     eval: EvalSettings = EvalSettings()
     paths: PathSettings = PathSettings()
     corpus: CorpusSettings = CorpusSettings()
+    proposer: ProposerSettings = ProposerSettings()
     vault: VaultSettings = VaultSettings()
     serving: ServingSettings = ServingSettings()
     schedule: ScheduleSettings = ScheduleSettings()

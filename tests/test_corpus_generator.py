@@ -3,11 +3,6 @@
 model's poor output out of the corpus."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +12,7 @@ from common.errors import ConfigError
 from corpus import prepare
 from corpus.paraphrase import REJECT_REASONS, validate
 from demo.sessions import write_sessions
-from netutil import free_port, health
+from netutil import free_port, mlx_server
 
 REPO = Path(__file__).resolve().parent.parent
 COUNCIL = REPO / "council.yaml"
@@ -25,29 +20,8 @@ COUNCIL = REPO / "council.yaml"
 
 @pytest.fixture(scope="module")
 def server(demo_assets, tmp_path_factory):
-    port = free_port()
-    hf_cache = tmp_path_factory.mktemp("hf-hub")  # must exist; stays empty (no downloads)
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = dict(os.environ, HF_HUB_CACHE=str(hf_cache), HF_HUB_OFFLINE="1")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlx_lm", "server", "--model",
-                                 str(demo_assets.model_dir), "--host", "127.0.0.1",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env=env)
-    try:
-        deadline = time.monotonic() + 90
-        while not health(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlx_lm server did not come up: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with mlx_server(demo_assets.model_dir, tmp_path_factory.mktemp("server") / "server.log") as api:
+        yield api
 
 
 def test_paraphrases_from_a_real_server_are_validated_and_counted(server, tmp_path):
