@@ -117,6 +117,8 @@ def build_report(study, night: date, reports_dir: Path, baseline_eval: dict | No
         reasons = "; ".join(ua.get("reasons", [])).replace("|", "/")
         lines.append(f"| {ua.get('experiment_id', t.number)} | {ua.get('result', t.state.name.lower())} | {score} | {base} | {reasons} |")
     lines.append("")
+    from study.proposer import report_lines
+    lines += report_lines(trials)   # the proposer's hypotheses and what came of them
     if best is not None:
         lines += [f"Best tonight: **{best.user_attrs.get('experiment_id')}** score {best.user_attrs['score']:.3f} "
                   f"({best.user_attrs.get('result')}).", ""]

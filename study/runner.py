@@ -198,11 +198,18 @@ class NightRunner:
             art_dir = s.path(s.paths.artifacts)
             art_dir.mkdir(parents=True, exist_ok=True)
             artifacts = FileSystemArtifactStore(str(art_dir))
+            from study.proposer import make_proposer
+            # baselines (below) is read only between trials, when the proposer writes its brief.
+            proposer = make_proposer(s, p.space, p.mode.mode, warm_start_configs=p.space.warm_start_configs(p.mode.mode),
+                                     baseline_eval=lambda: baselines.eval_of(read_baseline(study))[1],
+                                     echo=lambda line: self.console.print(f"[cyan]{line}[/]"))
 
             def log(trial: optuna.Trial, line: str) -> None:
                 logs.write(trial.user_attrs.get("experiment_id", f"trial-{trial.number}"), line)
 
             def on_finish(trial: optuna.Trial, adapter_dir: Path) -> None:
+                if proposer is not None:
+                    proposer.on_finish(trial)
                 ua = trial.user_attrs
                 if str(ua.get("result", "")).startswith("failed:"):
                     log(trial, f"result: {ua['result']}")
@@ -327,7 +334,8 @@ class NightRunner:
                 ran = run_night(study, storage_url, night, p.max_trials, lambda t: objective(t, ctx),
                                 warm_start_configs=p.space.warm_start_configs(p.mode.mode),
                                 callbacks=[after_trial], catch=(TrialFailed,),
-                                keep_going=lambda: trial_fits(p.deadline, ms.budget_s, ms.eval_s, min_budget_s=min_budget))
+                                keep_going=lambda: trial_fits(p.deadline, ms.budget_s, ms.eval_s, min_budget_s=min_budget),
+                                before_slot=(lambda: proposer.before_slot(study, night, p.max_trials)) if proposer else (lambda: None))
                 if not ran:
                     self.cap_taken = cap_taken(study, p)
             with db_mutex(storage_url, f"results:{p.study_name}"):
@@ -394,7 +402,8 @@ class NightRunner:
             reasons=list(ua.get("reasons", [])), params=dict(t.params), per_category_delta=deltas,
             extra={"study": self.p.study_name, "trial": t.number, "p_better": ua.get("p_better"),
                    "holdout_score": ua.get("holdout_score"), "report": str(self.report_path),
-                   "stats": ua.get("stats")},
+                   "stats": ua.get("stats"),
+                   **{k: ua[k] for k in ("proposer", "proposer_outcome") if k in ua}},
         ))
 
     def _print_trial(self, t: optuna.trial.FrozenTrial) -> None:

@@ -81,13 +81,13 @@ def next_warm_start(trials: Sequence[FrozenTrial], configs: Sequence[dict]) -> d
     return None
 
 
-def _queue(study: optuna.Study, params: dict | None, night: str) -> int:
-    """study.enqueue_trial(params, user_attrs={night}), returning the new trial's id. With
+def _queue(study: optuna.Study, params: dict | None, night: str, user_attrs: dict | None = None) -> int:
+    """study.enqueue_trial(params, user_attrs={night, ...}), returning the new trial's id. With
     no params, no `fixed_params` either: samplers read that attr as "an enqueued config"
     (study/sampler.py skips its own moves for those)."""
     template = optuna.trial.create_trial(state=TrialState.WAITING,
                                          system_attrs={"fixed_params": params} if params else {},
-                                         user_attrs={NIGHT: night})
+                                         user_attrs={NIGHT: night, **(user_attrs or {})})
     return study._storage.create_new_trial(study._study_id, template_trial=template)
 
 
@@ -155,11 +155,14 @@ def stop_requested(study: optuna.Study) -> bool:
 def run_night(study: optuna.Study, storage_url: str, night: str, cap: int,
               func: Callable[[optuna.Trial], float], *, warm_start_configs: Sequence[dict] = (),
               callbacks: Sequence[Callable] = (), catch: tuple[type[Exception], ...] = (),
-              keep_going: Callable[[], bool] = lambda: True, worker: str | None = None) -> list[int]:
+              keep_going: Callable[[], bool] = lambda: True, worker: str | None = None,
+              before_slot: Callable[[], Any] = lambda: None) -> list[int]:
     """Run trials until the study's cap for this night is reached, keep_going() says no
-    (the deadline), or a callback calls study.stop(). Returns the numbers this worker ran."""
+    (the deadline), or a callback calls study.stop(). Returns the numbers this worker ran.
+    before_slot() may queue the next trial (study/proposer.py) before one is claimed."""
     ran: list[int] = []
     while keep_going():
+        before_slot()
         slot = reserve_slot(study, storage_url, night, cap, warm_start_configs, worker)
         if slot is None:
             break
