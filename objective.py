@@ -1,14 +1,18 @@
 """The Optuna objective: the only place where a trial meets training and evaluation.
 
-One trial = suggest params → prepare data for its mix ratio → (serving paused) train
-with pruning → evaluate across the Council → gate → hand the verdict to the night
-(which promotes, exports and writes the vault). The night passes everything it owns in
-a TrialContext, so this module needs nothing of study/ but the gate.
+One trial = suggest params → prepare data for its mix ratio → stop serving → train with
+pruning → evaluate across the Council → gate → hand the verdict to the night (which
+promotes) → serving starts again on whatever adapters/current names now, and is probed.
+Serving stays down through the gate and the promotion (seconds) so that it starts once
+per trial, with the adapter the Council should answer with. The night passes everything
+it owns in a TrialContext, so this module needs nothing of study/ but the gate.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import re
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -42,7 +46,10 @@ class TrialContext:
     eval_max_tokens: int = 32
     eval_seed: int = 0
     prune: bool = True
-    pause_serving: Callable[[], ContextManager] = contextlib.nullcontext
+    # Stops serving on entry; on exit starts it on adapters/current and probes it. Its exit
+    # never raises for serving's sake: a finished trial keeps its eval and verdict, and the
+    # night reads what serving did from the trial (user attr `serving_error`).
+    pause_serving: Callable[[optuna.Trial], ContextManager] = lambda trial: contextlib.nullcontext()
     progress: bool = True
     log: Callable[[optuna.Trial, str], None] = lambda trial, line: None
     on_finish: Callable[[optuna.Trial, Path], None] = lambda trial, adapter_dir: None
@@ -94,8 +101,26 @@ class PruneOnValLoss(train_core.TrainCallback):
             raise train_core.StopTraining("pruned")
 
 
-def experiment_id(mode: str, number: int, when: datetime) -> str:
-    return f"exp-{when:%Y%m%d}-{mode}-{number:03d}"
+def study_tag(study_name: str) -> str:
+    """6 hex digits of the study's name: ids of two studies (the demo's and the real one, or
+    after a base-model change) never meet in one adapters folder."""
+    return hashlib.sha256(study_name.encode()).hexdigest()[:6]
+
+
+def experiment_id(mode: str, number: int, when: datetime, study_name: str | None = None) -> str:
+    tag = f"-{study_tag(study_name)}" if study_name else ""
+    return f"exp-{when:%Y%m%d}-{mode}{tag}-{number:03d}"
+
+
+EXP_ID = re.compile(r"^exp-(?P<date>\d{8})-(?P<mode>[a-z]+)(?:-(?P<study>[0-9a-f]{6}))?-(?P<number>\d+)$")
+
+
+def parse_experiment_id(exp_id: str) -> dict[str, Any] | None:
+    """{date, mode, study (6 hex, None for ids made before studies were tagged), number}."""
+    m = EXP_ID.match(exp_id)
+    if m is None:
+        return None
+    return {"date": m["date"], "mode": m["mode"], "study": m["study"], "number": int(m["number"])}
 
 
 def train_spec(params: dict[str, Any], ctx: TrialContext, data_dir: Path, adapter_dir: Path,
@@ -146,7 +171,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
     started = time.time()
     now = datetime.now()
     params = ctx.suggest(trial)
-    exp_id = experiment_id(ctx.mode, trial.number, now)
+    exp_id = experiment_id(ctx.mode, trial.number, now, trial.study.study_name)
     for k, v in {"experiment_id": exp_id, "timestamp": now.isoformat(timespec="seconds"),
                  "mode": ctx.mode, "model": ctx.model_name}.items():
         trial.set_user_attr(k, v)
@@ -159,7 +184,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
             raise train_core.OutOfMemory(known)
         data = ctx.prepare_data(float(params["DATA_MIX_RATIO"]))
         trial.set_user_attr("data_hash", data.hash)
-        with ctx.pause_serving():
+        with ctx.pause_serving(trial):
             budget = float(ctx.budget_s())
             trial.set_user_attr("budget_s", round(budget, 1))   # below [modes] budget_s: the night's shortened last trial
             if budget <= 0:
@@ -196,27 +221,27 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
             trial.set_user_attr("eval_s", round(time.time() - t0, 2))
             ctx.log(trial, f"eval: overall {evaluated['overall']:.4f} in {time.time() - t0:.1f} s; "
                            + ", ".join(f"{c} {v:.3f}" for c, v in evaluated["per_category"].items()))
-        eval_path = adapter_dir / "eval_results.json"
-        write_eval_results(eval_path, evaluated)
-        trial.set_user_attr("eval_results", str(eval_path))
-        trial.set_user_attr("per_category", evaluated["per_category"])
-        trial.set_user_attr("per_agent", evaluated["per_agent"])
-        if "holdout" in evaluated:
-            trial.set_user_attr("holdout_score", evaluated["holdout"].get("overall"))
+            eval_path = adapter_dir / "eval_results.json"
+            write_eval_results(eval_path, evaluated)
+            trial.set_user_attr("eval_results", str(eval_path))
+            trial.set_user_attr("per_category", evaluated["per_category"])
+            trial.set_user_attr("per_agent", evaluated["per_agent"])
+            if "holdout" in evaluated:
+                trial.set_user_attr("holdout_score", evaluated["holdout"].get("overall"))
 
-        verdict = judge(evaluated, ctx.baseline(), ctx.gate)
-        trial.set_user_attr("stats", verdict.stats())
-        record_comparison(eval_path, evaluated, verdict)
-        for key, value in verdict.constraints.items():
-            trial.set_constraint(key, value)
-        trial.set_user_attr("feasible", verdict.feasible)
-        trial.set_user_attr("score", round(verdict.score, 4))
-        trial.set_user_attr("baseline", round(verdict.baseline, 4) if verdict.baseline is not None else None)
-        trial.set_user_attr("p_better", verdict.p_better)
-        trial.set_user_attr("reasons", list(verdict.reasons))
-        final = ctx.on_verdict(trial, verdict, evaluated, adapter_dir)
-        trial.set_user_attr("result", final)
-        ctx.log(trial, f"verdict: {final}; " + "; ".join(verdict.reasons))
+            verdict = judge(evaluated, ctx.baseline(), ctx.gate)
+            trial.set_user_attr("stats", verdict.stats())
+            record_comparison(eval_path, evaluated, verdict)
+            for key, value in verdict.constraints.items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("feasible", verdict.feasible)
+            trial.set_user_attr("score", round(verdict.score, 4))
+            trial.set_user_attr("baseline", round(verdict.baseline, 4) if verdict.baseline is not None else None)
+            trial.set_user_attr("p_better", verdict.p_better)
+            trial.set_user_attr("reasons", list(verdict.reasons))
+            final = ctx.on_verdict(trial, verdict, evaluated, adapter_dir)
+            trial.set_user_attr("result", final)
+            ctx.log(trial, f"verdict: {final}; " + "; ".join(verdict.reasons))
         return float(evaluated["overall"])
     except (optuna.TrialPruned, TrialFailed):
         raise

@@ -250,6 +250,10 @@ class WorkersSettings(_Strict):
 
 
 class DemoSettings(_Strict):
+    # Everything a demo night writes (study, adapters, data, results, logs, reports,
+    # artifacts, vault, serving state) lives under this folder; only the demo model stays
+    # in [paths] cache. A demo never touches a real setup's files.
+    root: str = "demo-run"
     pretrain_s: float = Field(100, gt=0)
     model: str = "demo"
     mode: Literal["proxy", "full"] = "proxy"
@@ -293,9 +297,23 @@ class Settings(_Strict):
             m.model, m.budget_s, m.eval_s = d.model, d.budget_s, d.eval_s
         s.modes.full.host, s.modes.full.eval_on = "", "local"  # the demo never leaves this machine
         s.train.iters_scale = d.iters_scale
-        s.vault.root = d.vault_root
+        root = Path(d.root)
+        if s.study.storage.startswith("sqlite:///"):
+            # A database server (several workers) keeps the demo's study apart by its name.
+            s.study.storage = f"sqlite:///{root / 'autoresearch.db'}"
+        default = PathSettings()
+        for key in ("data", "experimental", "adapters", "results", "logs", "artifacts", "reports"):
+            setattr(s.paths, key, str(root / getattr(default, key)))
+        s.vault.root = str(root / d.vault_root)
+        if s.serving.backend in ("launchd", "command"):
+            # The user's own council-mlx serves the real adapters/current: a demo leaves it alone.
+            s.serving.backend = "none"
         s.is_demo = True
         return s
+
+    def state_dir(self) -> Path:
+        """Where serving keeps its PID file and what it last started: the demo's apart."""
+        return self.path(self.demo.root) / "cache" if self.is_demo else self.path(self.paths.cache)
 
     def storage_url(self) -> str:
         """SQLite paths are resolved against the config folder like every other path."""

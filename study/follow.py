@@ -116,10 +116,18 @@ def reconcile_current(study: optuna.Study, promoter: Promoter, storage_url: str)
     with db_mutex(storage_url, f"promote:{study.study_name}"):
         ref = read_baseline(study)
         recorded, cur = (ref.id if ref else None), promoter.current_id()
-        if cur is None or cur == recorded:
+        if cur == recorded:
             return None
         events = promoter.history()
         last = events[-1] if events else {}
+        if cur is None:
+            # `study.promote --rollback` of the first promotion: the base model is served again.
+            if recorded is None or last.get("action") != "rollback" or last.get("from") != recorded:
+                return None
+            attr = {"id": None, "previous": recorded, "rolled_back": "study.promote --rollback",
+                    "host": socket.gethostname(), "adapter": ""}
+            study.set_user_attr("baseline", attr)
+            return attr
         if last.get("id") == cur:      # a recorded promote or rollback: what came before it
             before = last.get("previous") if last.get("action") == "promote" else last.get("from")
         else:                          # killed between the swap and history.json: the last recorded

@@ -17,9 +17,11 @@ from rich.table import Table
 from common.errors import ConfigError, one_line
 from study.guard import GuardError, NightAborted, NightLock, check_no_training_job
 from study.night import Plan, add_common_args, describe, plan
+from study.serving import ServingError
 from study.nights import EXIT_CAP_REACHED
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_BUSY, EXIT_TERMINATED = 0, 1, 2, 4, 143
+EXIT_SERVING = 5        # council-mlx did not come back on adapters/current, or not as its eval recorded
 
 console = Console(stderr=False, highlight=False)
 
@@ -97,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except NightAborted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except ServingError as exc:
+        print(f"error: serving: {exc}", file=sys.stderr)
+        return EXIT_SERVING
     except Terminated:
         print("terminated: the running trial was ended, serving restarted, lock released", file=sys.stderr)
         return EXIT_TERMINATED

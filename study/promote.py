@@ -1,4 +1,6 @@
-"""`python -m study.promote --list | --rollback [--adapters DIR]`: inspect or undo promotions."""
+"""`python -m study.promote --list | --rollback [--adapters DIR] [--config F] [--demo]`:
+inspect or undo promotions. A rollback restarts serving ([serving] of the config) and
+probes that it answers as the new current's eval recorded (exit 5 if not)."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +19,48 @@ def _parser() -> argparse.ArgumentParser:
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--list", action="store_true", help="show promoted adapters; * marks current")
     action.add_argument("--rollback", action="store_true", help="repoint current to the adapter before it")
-    p.add_argument("--adapters", type=Path, default=Path("adapters"), help="adapters root (default: adapters)")
+    p.add_argument("--adapters", type=Path, default=None,
+                   help="adapters root (default: [paths] adapters of --config, else adapters)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="autoresearch.toml whose [serving] is restarted and probed after a change of current "
+                        "(default: ./autoresearch.toml when it exists)")
+    p.add_argument("--demo", action="store_true", help="the demo's adapters and serving (under [demo] root)")
     return p
+
+
+def _settings(args: argparse.Namespace):
+    path = args.config or Path("autoresearch.toml")
+    if args.config is None and not path.exists():
+        return None
+    from study.config import load_settings
+    return load_settings(path, demo=args.demo)
+
+
+def restart_serving(settings, promoter: Promoter, console: Console) -> int:
+    """Serving follows the new current: restarted per [serving], then probed (study.keeper)."""
+    from study.keeper import ServingKeeper, base_eval_path, expected_eval, serving_model
+    from study.probe import Probe
+    from study.serving import ServingError, make_serving
+    s = settings.serving
+    if s.backend == "none":
+        console.print("serving: none here ([serving] backend), nothing to restart")
+        return 0
+    model_dir = serving_model(settings)
+    base = base_eval_path(settings, model_dir)
+    keeper = ServingKeeper(make_serving(settings, model_dir, promoter.root), promoter,
+                           expected_eval(promoter, lambda: base),
+                           probe=Probe(f"http://{s.host}:{s.port}", settings.root / "council.yaml"),
+                           log=lambda line: console.print(line, soft_wrap=True))
+    try:
+        report = keeper.ensure()
+    except ServingError as exc:
+        print(f"error: serving: {exc}", file=sys.stderr)
+        return 5
+    console.print(f"serving {report.adapter or 'the base model'} ({s.backend}"
+                  + (", restarted" if report.started else ", already serving it") + ")")
+    return 0
+
+
 
 
 def _score(meta: dict | None) -> str:
@@ -47,14 +89,18 @@ def render_list(promoter: Promoter, console: Console) -> None:
 def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     args = _parser().parse_args(argv)
     console = console or Console()
-    promoter = Promoter(args.adapters)
     try:
+        settings = _settings(args)
+        root = args.adapters or (settings.path(settings.paths.adapters) if settings else Path("adapters"))
+        promoter = Promoter(root)
         if args.list:
             render_list(promoter, console)
         else:
             before = promoter.current_id()
-            path = promoter.rollback()
-            console.print(f"rolled back {before} -> current: {promoter.current_id()} ({path})", soft_wrap=True)
+            path = promoter.rollback(to_base=True)
+            console.print(f"rolled back {before} -> current: {promoter.current_id() or 'none, the base model'}"
+                          + (f" ({path})" if path else ""), soft_wrap=True)
+            return restart_serving(settings, promoter, console) if settings else 0
     except ConfigError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -189,12 +189,19 @@ class Promoter:
         self._append(event)
         return event
 
-    def rollback(self) -> Path:
-        """Undo the promotion that made the current adapter current."""
+    def rollback(self, *, to_base: bool = False) -> Path | None:
+        """Undo the promotion that made the current adapter current. With nothing before it,
+        to_base=True removes `current` (the base model is served again; the served-model
+        probe's last resort) and returns None."""
         cid = self.current_id()
         if cid is None:
             raise ConfigError(str(self.link), None, "nothing is promoted: nothing to roll back")
         target = self._rollback_target(cid)
+        if target is None and to_base:
+            os.unlink(self.link)          # atomic: current is the old adapter or absent
+            fsync_dir(self.root)
+            self._append({"action": "rollback", "id": None, "promoted_at": _now(), "from": cid})
+            return None
         if target is None:
             raise ConfigError(str(self.history_path), None, f"no earlier promoted adapter before {cid!r}")
         if not (self.promoted / target).is_dir():

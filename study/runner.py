@@ -31,7 +31,7 @@ from study.remote_eval import LocalEvaluator, make_evaluator
 from study.night import Plan
 from study.promoter import Promoter
 from study.results import export_results, export_trial
-from study.serving import make_serving
+from study.serving import ServingError, make_serving
 from study.dbmutex import db_mutex
 from study.follow import reconcile_current, sync_current
 from study.gate import judge, night_gate
@@ -88,6 +88,7 @@ class NightRunner:
         self.s = plan.settings
         self.console = console or Console()
         self.serving = None
+        self.night_serving = None            # study.keeper.NightServing once the study is open
         self.tonight: list[int] = []
         self.report_path: Path | None = None
         self.fallback: Plan | None = None
@@ -228,7 +229,7 @@ class NightRunner:
                                    "promoted by a night that was killed before it wrote the record[/]")
             repaired = reconcile_current(study, promoter, storage_url)
             if repaired:
-                self.console.print(f"[yellow]study baseline set to {repaired['id']}, the adapter adapters/current "
+                self.console.print(f"[yellow]study baseline set to {repaired['id'] or 'the base model'}, what adapters/current "
                                    "points at (a promotion was interrupted or rolled back)[/]")
             sync_current(study, promoter, s)   # this machine serves what the study promoted
 
@@ -239,9 +240,11 @@ class NightRunner:
             baselines = SharedBaseline(study, storage_url, evaluator.model_sha256(model_dir)[:16],
                                        lambda: read_eval_results(keeper.ensure_base_eval()),
                                        policy=s.study.baseline_policy, legacy_eval=legacy_eval)
-            with self.serving.paused():
-                night_baseline = baselines.current()  # the base model's eval: once per base model, for all workers
-                self._canary(model_dir, promoter, evaluator)
+            self.night_serving = self._night_serving(study, promoter, storage_url, keeper, log)
+            self.serving.stop()
+            night_baseline = baselines.current()  # the base model's eval: once per base model, for all workers
+            self._canary(model_dir, promoter, evaluator)
+            self.night_serving.serve()   # the base eval exists now: the first start is probed against it
             self.report_path = s.path(s.paths.reports) / f"{datetime.now():%Y-%m-%d}.md"
 
             def suggest(trial: optuna.Trial) -> dict:
@@ -298,7 +301,7 @@ class NightRunner:
                 train_defaults=dict(batch_size=s.train.batch_size, val_every=s.train.val_every,
                                     val_batches=s.train.val_batches, mask_prompt=s.train.mask_prompt),
                 iters_scale=s.train.iters_scale, eval_max_tokens=s.eval.max_tokens, eval_seed=s.eval.seed,
-                prune=s.study.prune, pause_serving=self.serving.paused, progress=p.progress,
+                prune=s.study.prune, pause_serving=self.night_serving.paused, progress=p.progress,
                 log=log, on_finish=on_finish,
                 run_training=(RemoteTrainer(Node.from_settings(ms, s.root)) if p.mode.mode == "full"
                               else train_core.run_training),
@@ -311,11 +314,15 @@ class NightRunner:
                 with db_mutex(storage_url, f"results:{p.study_name}"):
                     export_trial(self._studies_for_export(storage), study_, trial, s.path(s.paths.results))
                 sync_current(study_, promoter, s)
+                self.night_serving.serve()       # a worker's promotion followed: served and probed too
                 self._vault_entry(vault, trial)
                 self._reported.add(trial.number)
                 self._print_trial(trial)
                 tonight = [t for t in study_.get_trials(deepcopy=False) if t.number in self.tonight]
-                if oom_streak(tonight) >= STREAK_LIMIT:
+                if self.night_serving.failed:
+                    self.console.print(f"[red]stopping: serving failed: {self.night_serving.failed}[/]")
+                    study_.stop()
+                elif oom_streak(tonight) >= STREAK_LIMIT:
                     self.console.print(f"[red]{oom_summary(tonight)}[/]")
                     study_.stop()
                 elif remote_lost(trial):
@@ -345,14 +352,17 @@ class NightRunner:
                 from study.report import build_report
                 self.report_path = build_report(study, datetime.now().date(), s.path(s.paths.reports), night_baseline,
                                                 jailbreak_floor=s.gate.jailbreak_floor)
+                self._report_serving()
             self._summary(study, promoter, time.time() - started)
         except BaseException:
             self._save_what_ended()
             raise
         finally:
-            # The user's model is back up whatever happened tonight.
-            if self.serving is not None:
-                self.serving.start()
+            # The user's model is back up, on adapters/current, whatever happened tonight; a
+            # failure here never replaces the exception on its way out (SIGTERM stays 143).
+            self._serve_at_end()
+        if self.night_serving is not None and self.night_serving.failed:
+            raise ServingError(self.night_serving.failed)
         left = p.max_trials - getattr(self, "_night_count", len(self.tonight))
         if self.fallback is not None and left > 0:
             return NightRunner(dataclasses.replace(self.fallback, max_trials=left), self.console).run()
@@ -360,6 +370,32 @@ class NightRunner:
             print(self.cap_taken, file=sys.stderr)     # one line: what was taken, by whom, what to type
             return EXIT_CAP_REACHED
         return 0
+
+
+    # -- serving ----------------------------------------------------------------------
+    def _night_serving(self, study, promoter: Promoter, storage_url: str, keeper: BaselineKeeper, log):
+        from study.keeper import night_serving
+        return night_serving(self.serving, self.s, self.p.council_path, study, promoter, storage_url,
+                             keeper._base_eval_path(), log_trial=log,
+                             echo=lambda line: self.console.print(f"  [magenta]{line}[/]"))
+
+    def _serve_at_end(self) -> None:
+        in_flight = sys.exc_info()[0] is not None     # called from run()'s finally
+        if self.night_serving is not None:
+            self.night_serving.serve()
+            return
+        if self.serving is not None:     # the night ended before its study opened
+            try:
+                self.serving.start()
+            except Exception as exc:  # noqa: BLE001 - reported; the exception on its way out wins
+                if in_flight:
+                    self.console.print(f"[red]serving could not be started: {exc}[/]")
+                else:
+                    raise ServingError(str(exc)) from exc
+
+    def _report_serving(self) -> None:
+        if self.night_serving is not None and self.report_path is not None:
+            self.night_serving.append_to_report(self.report_path)
 
     def _sweep_temp_files(self) -> None:
         """Temp files of writes killed mid-way (an earlier night's SIGKILL): never a
@@ -402,7 +438,7 @@ class NightRunner:
             reasons=list(ua.get("reasons", [])), params=dict(t.params), per_category_delta=deltas,
             extra={"study": self.p.study_name, "trial": t.number, "p_better": ua.get("p_better"),
                    "holdout_score": ua.get("holdout_score"), "report": str(self.report_path),
-                   "stats": ua.get("stats"),
+                   "stats": ua.get("stats"), "serving": ua.get("serving"), "serving_error": ua.get("serving_error"),
                    **{k: ua[k] for k in ("proposer", "proposer_outcome") if k in ua}},
         ))
 

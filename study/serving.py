@@ -1,6 +1,7 @@
-"""council-mlx, the serving model: stopped to free the accelerator, always started again.
+"""council-mlx, the serving model: stopped to free the accelerator, started again on
+whatever adapters/current names then.
 
-Backends share one small interface (stop, start, is_up); `paused()` is what a trial uses.
+Backends share one small interface (stop, start, is_up); study.keeper adds the probe.
 - none:    nothing is served here.
 - managed: we run `python -m mlx_lm server` on 127.0.0.1 with adapters/current (PID file).
 - launchd: the user's LaunchAgent, booted out and bootstrapped with launchctl.
@@ -9,6 +10,7 @@ Backends share one small interface (stop, start, is_up); `paused()` is what a tr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,8 +19,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
+from common.atomic import atomic_write_json
 from common.errors import ConfigError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -48,34 +50,59 @@ def wait_for(pred, timeout_s: float, interval: float = 0.25) -> bool:
 
 
 class ServingError(RuntimeError):
-    pass
+    """Serving could not be brought up on adapters/current, or did not answer as its eval
+    recorded even after a restart and a rollback. `report` (study.keeper) says what was tried."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
+
+
+def served_adapter(adapters_root: Path | None) -> Path | None:
+    """The adapter folder adapters/current resolves to now (None: nothing promoted, the base
+    model). Resolved, so that a later repoint of the link shows as a different adapter."""
+    if adapters_root is None:
+        return None
+    current = Path(adapters_root) / "current"
+    return current.resolve() if (current / "adapters.safetensors").exists() else None
+
+
+def _as_text(adapter: Path | None) -> str | None:
+    return str(adapter) if adapter is not None else None
 
 
 class Serving:
+    """start() serves what adapters/current names *now*: `mlx_lm server` reads --adapter-path
+    once, so a server up on another adapter is restarted. It returns True when it (re)started
+    the server (a probe is due), False when it was already serving that adapter."""
+
     name = "none"
+
+    def __init__(self, adapters_root: Path | None = None):
+        self.adapters_root = Path(adapters_root) if adapters_root is not None else None
+
+    def wanted(self) -> Path | None:
+        return served_adapter(self.adapters_root)
 
     def stop(self) -> None:
         """Stop serving and return only once it is really gone."""
 
-    def start(self) -> None:
-        """Start serving and return only once a health check passes."""
+    def start(self) -> bool:
+        """Serve adapters/current and return only once a health check passes."""
+        return False
 
     def is_up(self) -> bool:
         return True
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        self.stop()
-        try:
-            yield
-        finally:
-            # Whatever happened in the trial, the user's model comes back.
-            self.start()
-
 
 class _HealthChecked(Serving):
-    def __init__(self, health_url: str, start_timeout_s: float, stop_timeout_s: float):
-        self.health_url, self.start_timeout_s, self.stop_timeout_s = health_url, start_timeout_s, stop_timeout_s
+    def __init__(self, settings, adapters_root: Path | None):
+        super().__init__(adapters_root)
+        s = settings.serving
+        self.health_url = s.health_url or f"http://{s.host}:{s.port}/health"
+        self.start_timeout_s, self.stop_timeout_s = s.start_timeout_s, s.stop_timeout_s
+        # What we last started, for backends whose process we do not own (launchd, command).
+        self.served_file = settings.state_dir() / f"council-mlx-{self.name}.json"
 
     def is_up(self) -> bool:
         return http_ok(self.health_url)
@@ -88,6 +115,44 @@ class _HealthChecked(Serving):
         if not wait_for(lambda: not self.is_up(), self.stop_timeout_s):
             raise ServingError(f"{what} still answers {self.health_url} {self.stop_timeout_s:.0f} s after stop")
 
+    def _last_served(self) -> dict | None:
+        try:
+            rec = json.loads(self.served_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def _remember(self, adapter: Path | None) -> None:
+        atomic_write_json(self.served_file, {"adapter": _as_text(adapter), "started_at": time.time()})
+
+    def start(self) -> bool:
+        want = self.wanted()
+        if self.is_up():
+            last = self._last_served()
+            if last is not None and last.get("adapter") == _as_text(want):
+                return False
+            # Up on another adapter, or one we never started: its agent reads
+            # adapters/current only when it starts.
+            self._restart()
+        else:
+            self._launch()
+        self._remember(want)
+        return True
+
+    def stop(self) -> None:
+        self._halt()
+        self.served_file.unlink(missing_ok=True)
+
+    def _launch(self) -> None:
+        raise NotImplementedError
+
+    def _halt(self) -> None:
+        raise NotImplementedError
+
+    def _restart(self) -> None:
+        self._halt()
+        self._launch()
+
 
 def managed_argv(settings, model_dir: str | Path | None = None, adapter: Path | None = None) -> list[str]:
     s = settings.serving
@@ -98,8 +163,25 @@ def managed_argv(settings, model_dir: str | Path | None = None, adapter: Path | 
     return argv
 
 
+def process_identity(pid: int) -> tuple[str, str] | None:
+    """(start time, command line) of a live process, from ps (the same on macOS and Linux;
+    no /proc); None when no such process."""
+    try:
+        out = subprocess.run(["ps", "-ww", "-o", "lstart=", "-o", "command=", "-p", str(pid)], capture_output=True,
+                             text=True, timeout=10, env=dict(os.environ, LC_ALL="C"), stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    parts = out.stdout.strip().split(None, 5)
+    if out.returncode != 0 or len(parts) < 6:
+        return None
+    return " ".join(parts[:5]), parts[5]
+
+
 class ManagedServing(_HealthChecked):
-    """We own the process: started detached (it outlives the night), tracked by a PID file."""
+    """We own the process: started detached (it outlives the night), remembered in a PID
+    file (JSON: pid, port, argv with the resolved adapter, the process's start time). The
+    file is trusted only while that PID is still that process: after a reboot the number
+    may belong to a stranger, who is never signalled."""
 
     name = "managed"
 
@@ -108,122 +190,164 @@ class ManagedServing(_HealthChecked):
         if s.host not in LOOPBACK and not s.allow_remote:
             raise ConfigError(settings.file, "serving.host",
                               f"{s.host!r} is not loopback; set serving.allow_remote = true to expose the model")
-        super().__init__(s.health_url or f"http://{s.host}:{s.port}/health", s.start_timeout_s, s.stop_timeout_s)
-        self.settings, self.model_dir, self.adapters_root = settings, Path(model_dir), Path(adapters_root)
+        super().__init__(settings, adapters_root)
+        self.settings, self.model_dir = settings, Path(model_dir)
         self.host, self.port = s.host, s.port
-        cache = settings.path(settings.paths.cache)
-        self.pid_file = cache / "council-mlx.pid"
-        self.hf_cache = cache / "hf-hub"   # mlx_lm server's /v1/models needs an existing folder
+        state = settings.state_dir()
+        self.pid_file = state / "council-mlx.pid"
+        self.hf_cache = settings.path(settings.paths.cache) / "hf-hub"   # /v1/models needs an existing folder
         self.log_file = settings.path(settings.paths.logs) / "council-mlx.log"
 
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            # Started by this process (the night restarts it after each trial): once it exits
-            # it stays a zombie, which kill(pid, 0) still finds, until it is reaped here.
+    def _log(self, line: str) -> None:
+        with contextlib.suppress(OSError):
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_file, "ab") as log:
+                log.write(f"--- council-autoresearch: {line}\n".encode())
+
+    def _ours(self, rec: dict) -> bool:
+        """The recorded process is alive and is still the server we started."""
+        pid = rec["pid"]
+        with contextlib.suppress(ChildProcessError):
+            # Our own child (the night restarts it) stays a zombie until reaped here.
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return False
+        ident = process_identity(pid)
+        return ident is not None and ident == (rec["started"], " ".join(rec["argv"])) and rec["port"] == self.port
+
+    def _legacy(self, text: str) -> dict | None:
+        """A PID file of the plain-number kind earlier versions wrote: adopted only when that
+        process's command line is exactly one we would have started."""
+        with contextlib.suppress(ValueError):
+            pid = int(text.strip())
+            ident = process_identity(pid)
+            if ident is None:
                 return None
-        except ChildProcessError:
-            pass  # not our child: started by an earlier night
+            current = None if self.adapters_root is None else self.adapters_root / "current"
+            for adapter in (None, current):
+                argv = managed_argv(self.settings, self.model_dir, adapter)
+                if ident[1] == " ".join(argv):
+                    # Which adapter it loaded is unknown: a start() restarts it.
+                    return {"pid": pid, "port": self.port, "argv": argv, "adapter": "?", "started": ident[0]}
+        return None
+
+    def record(self) -> dict | None:
+        """What we started and is still running, else None (a stale PID file is removed)."""
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            text = self.pid_file.read_text()
+        except FileNotFoundError:
             return None
-        except PermissionError:
-            pass
-        return pid
+        try:
+            rec = json.loads(text)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            rec = self._legacy(text)
+        ok = (isinstance(rec, dict) and isinstance(rec.get("pid"), int) and isinstance(rec.get("argv"), list)
+              and isinstance(rec.get("started"), str) and self._ours(rec))
+        if not ok:
+            self.pid_file.unlink(missing_ok=True)
+            self._log(f"removed stale PID file {self.pid_file} ({text.strip()[:120]}): not our server, not signalled")
+            return None
+        return rec
 
-    def argv(self) -> list[str]:
-        current = self.adapters_root / "current"
-        adapter = current if (current / "adapters.safetensors").exists() else None
-        return managed_argv(self.settings, self.model_dir, adapter)
+    def pid(self) -> int | None:
+        rec = self.record()
+        return rec["pid"] if rec else None
 
-    def start(self) -> None:
-        if self.pid() is not None and self.is_up():
-            return
+    def argv(self, adapter: Path | None = None) -> list[str]:
+        return managed_argv(self.settings, self.model_dir, adapter if adapter is not None else self.wanted())
+
+    def start(self) -> bool:
+        want = self.wanted()
+        rec = self.record()
+        if rec is not None:
+            if rec.get("adapter") == _as_text(want) and self.is_up():
+                return False
+            self.stop()   # serving another adapter than adapters/current names now (or hung)
         if port_open(self.host, self.port):
             raise ServingError(f"port {self.host}:{self.port} is taken by a process that is not ours")
         self.hf_cache.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.argv(want)
         env = dict(os.environ, HF_HUB_CACHE=str(self.hf_cache), HF_HUB_OFFLINE="1")
+        self._log(f"starting {' '.join(argv)}")
         with open(self.log_file, "ab") as log:
-            log.write(f"--- council-autoresearch: starting {' '.join(self.argv())}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True, cwd=self.settings.root)
-        from common.atomic import atomic_write_text
-        atomic_write_text(self.pid_file, f"{proc.pid}\n")
+        ident = process_identity(proc.pid)
+        atomic_write_json(self.pid_file, {
+            "pid": proc.pid, "port": self.port, "argv": argv, "adapter": _as_text(want),
+            "adapter_id": want.name if want is not None else None,
+            "started": ident[0] if ident else ""})
         if not wait_for(lambda: proc.poll() is None and self.is_up(), self.start_timeout_s, 0.5):
             code = proc.poll()
             raise ServingError(f"mlx_lm server did not come up on {self.health_url}"
                                + (f" (exited {code}; see {self.log_file})" if code is not None else ""))
+        return True
 
     def stop(self) -> None:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
+        rec = self.record()
+        if rec is None:
             return
+        pid = rec["pid"]
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        gone = lambda: self.pid() is None and not port_open(self.host, self.port)  # noqa: E731
-        if not wait_for(gone, self.stop_timeout_s):
+        gone = lambda: not self._ours(rec) and not port_open(self.host, self.port)  # noqa: E731
+        if not wait_for(gone, self.stop_timeout_s) and self._ours(rec):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             wait_for(gone, 5)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         self.pid_file.unlink(missing_ok=True)
-        with contextlib.suppress(OSError), open(self.log_file, "ab") as log:
-            log.write(f"--- council-autoresearch: stopped pid {pid} (port {self.port} closed)\n".encode())
+        self._log(f"stopped pid {pid} (port {self.port} closed)")
 
 
 class LaunchdServing(_HealthChecked):
     name = "launchd"
 
-    def __init__(self, settings):
-        s = settings.serving
-        super().__init__(s.health_url or f"http://{s.host}:{s.port}/health", s.start_timeout_s, s.stop_timeout_s)
-        self.label = s.label
-        self.plist = Path.home() / "Library" / "LaunchAgents" / f"{s.label}.plist"
+    def __init__(self, settings, adapters_root: Path | None = None):
+        super().__init__(settings, adapters_root)
+        self.label = settings.serving.label
+        self.plist = Path.home() / "Library" / "LaunchAgents" / f"{self.label}.plist"
 
     def _launchctl(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["launchctl", *args], capture_output=True, text=True, check=False)
 
-    def stop(self) -> None:
+    def _halt(self) -> None:
         # bootout, not kill: a KeepAlive agent would be restarted at once.
         self._launchctl("bootout", f"gui/{os.getuid()}/{self.label}")
         self._await_down(f"launchd agent {self.label}")
 
-    def start(self) -> None:
-        if self.is_up():
-            return
+    def _launch(self) -> None:
         out = self._launchctl("bootstrap", f"gui/{os.getuid()}", str(self.plist))
         if out.returncode != 0:
             self._launchctl("kickstart", f"gui/{os.getuid()}/{self.label}")
+        self._await_up(f"launchd agent {self.label}")
+
+    def _restart(self) -> None:
+        # kickstart -k: launchd kills the running instance and starts it again, which then
+        # reads adapters/current anew.
+        self._launchctl("kickstart", "-k", f"gui/{os.getuid()}/{self.label}")
         self._await_up(f"launchd agent {self.label}")
 
 
 class CommandServing(_HealthChecked):
     name = "command"
 
-    def __init__(self, settings):
+    def __init__(self, settings, adapters_root: Path | None = None):
         s = settings.serving
         if not s.stop_command or not s.start_command:
             raise ConfigError(settings.file, "serving.stop_command" if not s.stop_command else "serving.start_command",
                               "the command backend needs both stop_command and start_command (argv lists)")
-        super().__init__(s.health_url or f"http://{s.host}:{s.port}/health", s.start_timeout_s, s.stop_timeout_s)
+        super().__init__(settings, adapters_root)
         self.stop_cmd, self.start_cmd = list(s.stop_command), list(s.start_command)
 
-    def stop(self) -> None:
+    def _halt(self) -> None:
         subprocess.run(self.stop_cmd, check=False, timeout=self.stop_timeout_s)
         self._await_down("council-mlx (stop_command)")
 
-    def start(self) -> None:
-        if self.is_up():
-            return
+    def _launch(self) -> None:
         subprocess.Popen(self.start_cmd, start_new_session=True, stdin=subprocess.DEVNULL)
         self._await_up("council-mlx (start_command)")
 
@@ -233,7 +357,7 @@ def make_serving(settings, model_dir: Path | None = None, adapters_root: Path | 
     if backend == "managed":
         return ManagedServing(settings, model_dir, adapters_root)
     if backend == "launchd":
-        return LaunchdServing(settings)
+        return LaunchdServing(settings, adapters_root)
     if backend == "command":
-        return CommandServing(settings)
-    return Serving()
+        return CommandServing(settings, adapters_root)
+    return Serving(adapters_root)

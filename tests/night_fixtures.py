@@ -21,6 +21,8 @@ def make_workdir(tmp: Path, *, pretrain_s: float | None = None, overrides: dict[
         shutil.copy(ROOT / name, tmp / name)
     text = (ROOT / "autoresearch.toml").read_text()
     text = text.replace('cache = ".cache"', 'cache = "cache"')
+    # The workdir is private already: a demo night writes straight into it.
+    text = text.replace('root = "demo-run"', 'root = "."')
     if pretrain_s is not None:
         text = text.replace("pretrain_s = 100", f"pretrain_s = {pretrain_s}")
     for old, new in (overrides or {}).items():

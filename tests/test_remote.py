@@ -51,7 +51,7 @@ class Serving:
         self.up, self.stops = True, 0
 
     @contextlib.contextmanager
-    def paused(self):
+    def paused(self, trial):
         self.up, self.stops = False, self.stops + 1
         try:
             yield

@@ -51,7 +51,7 @@ def night(tmp_path_factory, demo_assets):
     if pid_file.exists():
         import signal
         try:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            os.kill(json.loads(pid_file.read_text())["pid"], signal.SIGTERM)
         except ProcessLookupError:
             pass
 
@@ -72,9 +72,9 @@ def test_managed_serving_follows_the_night(night):
     assert log.count("--- council-autoresearch: starting") >= 3
     current = wd / "adapters" / "current"
     assert current.is_symlink() and (current / "adapters.safetensors").exists()   # the permissive gate promoted
-    pid = int((wd / "cache" / "council-mlx.pid").read_text())
+    pid = json.loads((wd / "cache" / "council-mlx.pid").read_text())["pid"]
     cmd = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True).stdout
-    assert f"--adapter-path {current}" in cmd                            # serving the promoted adapter
+    assert f"--adapter-path {current.resolve()}" in cmd                  # serving the promoted adapter
     import urllib.request
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
                                  data=json.dumps({"messages": [{"role": "user", "content": "Who are you?"}],

@@ -5,6 +5,7 @@ it after. Fixtures are in conftest.py.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -123,8 +124,8 @@ def managed_serving(port: int) -> dict[str, str]:
 def stop_server(wd: Path) -> None:
     pid_file = wd / "cache" / "council-mlx.pid"
     try:
-        pid = int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
+        pid = int(json.loads(pid_file.read_text())["pid"])   # study.serving's record
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
         return
     try:
         os.kill(pid, signal.SIGKILL)
