@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,7 @@ import pytest
 
 from study.config import ProposerSettings
 from study.proposer import (FALLBACK, OUTCOME, PROPOSED, PROPOSER, Proposer, Rejected, check_config,
-                            is_turn, litellm_complete, parse_reply, searched)
+                            is_turn, litellm_complete, parse_reply, report_lines, searched)
 from study.sampler import MOVE_KEY
 from study.space import load_search_space
 from study.storage import open_storage, open_study
@@ -204,6 +205,10 @@ def test_a_valid_proposal_is_enqueued_and_run(warm_study, stand_in):
     # The same answer next time is an exact repeat: the sampler runs that trial.
     p.before_slot(study, "n2", 4)
     assert queued(study).user_attrs[PROPOSER]["reason"] == f"an exact repeat of trial {number}"
+    run_night(study, url, "n2", 2, objective)
+    lines = report_lines(study.trials)
+    assert lines[0] == "## Proposals" and len(lines) == 4 + 2 + 1
+    assert "Fewer layers at lr 5e-5" in lines[4] and f"| sampler | an exact repeat of trial {number} |" in lines[5]
 
 
 @pytest.mark.parametrize("reply, reason", [
@@ -218,7 +223,7 @@ def test_bad_answers_fall_back_to_the_sampler_with_the_reason(warm_study, stand_
     proposer_for(settings(stand_in.url)).before_slot(study, "n2", 4)
     t = queued(study)
     assert t.user_attrs[PROPOSER]["status"] == FALLBACK
-    assert __import__("re").search(reason, t.user_attrs[PROPOSER]["reason"])
+    assert re.search(reason, t.user_attrs[PROPOSER]["reason"])
     assert "fixed_params" not in t.system_attrs
     run_night(study, url, "n2", 1, toy)
     done = study.trials[t.number]
@@ -268,3 +273,65 @@ def test_a_real_mlx_lm_server_answer_is_checked(warm_study, demo_assets, tmp_pat
     assert r["reason"].split(":")[0] in ("no JSON object in the answer (a refusal?)", "malformed JSON",
                                          'the JSON has no "config" object', 'the JSON has no "hypothesis" sentence') \
         or "is outside" in r["reason"] or "parameter" in r["reason"], r
+
+
+# -- a real night ------------------------------------------------------------------------
+
+def _proposer_table(toml: str, api_base: str, key_env: str) -> str:
+    table = "\n".join(["[proposer]", "enabled = true", 'model = "openai/stand-in"', f'api_base = "{api_base}"',
+                       f'api_key_env = "{key_env}"', "share = 1.0", "timeout_s = 30", ""])
+    return re.sub(r"^\[proposer\]\n.*?(?=^\[)", table + "\n", toml, count=1, flags=re.S | re.M)
+
+
+@pytest.mark.slow
+def test_a_demo_night_runs_the_proposal_and_writes_no_key(tmp_path, demo_assets, stand_in):
+    """Warm start = the baseline alone; then the proposer's config runs (trial 1). The key
+    reaches the model's server and no file the night writes."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from night_fixtures import link_demo_cache, make_workdir
+    wd = make_workdir(tmp_path / "night", pretrain_s=float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20")),
+                      overrides={"budget_s = 60\n": "budget_s = 4\n", "iters_scale = 0.15": "iters_scale = 0.02"})
+    link_demo_cache(wd, demo_assets)
+    (wd / "program.md").write_text((ROOT / "program.md").read_text())
+    space = (wd / "search_space.yaml").read_text()
+    (wd / "search_space.yaml").write_text(space[:space.index("\nwarm_start:")] + "\nwarm_start: []\n")
+    toml = wd / "autoresearch.toml"
+    toml.write_text(_proposer_table(toml.read_text(), stand_in.url, "COUNCIL_TEST_PROPOSER_KEY"))
+    key = f"sk-sentinel-{uuid.uuid4().hex}"
+    hypothesis = "Fewer LoRA layers at lr 5e-5 keep the jailbreak floor."
+    stand_in.reply, stand_in.delay = json.dumps({"config": GOOD, "hypothesis": hypothesis}), 0
+    sent_before = len(stand_in.requests)
+    out = subprocess.run([sys.executable, "-m", "study.nightly", "--config", str(toml), "--demo", "--no-progress",
+                          "--max-trials", "2"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, COUNCIL_TEST_PROPOSER_KEY=key))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert key not in out.stdout + out.stderr
+    sent = stand_in.requests[sent_before:]
+    assert len(sent) == 1 and all(r["auth"] == f"Bearer {key}" for r in sent)   # the key went to the model only
+
+    db = next(wd.rglob("autoresearch.db"))
+    storage = f"sqlite:///{db}"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    t0, t1 = study.trials
+    assert PROPOSER not in t0.user_attrs and t0.params == SPACE.baseline("proxy")
+    assert t1.user_attrs[PROPOSER]["status"] == PROPOSED and t1.params == GOOD
+    assert t1.state == optuna.trial.TrialState.COMPLETE and t1.user_attrs[OUTCOME].startswith(t1.user_attrs["result"])
+    from optuna_dashboard._note import get_note_from_system_attrs
+    assert hypothesis in get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id),
+                                                    t1._trial_id)["body"]
+    vault = [p for p in wd.rglob("autoresearch-*.md") if t1.user_attrs["experiment_id"] in p.name]
+    assert len(vault) == 1 and hypothesis in vault[0].read_text()
+    report = next(wd.rglob("reports/*.md")).read_text()
+    assert "## Proposals" in report and hypothesis in report
+
+    written = []
+    for folder, dirs, files in os.walk(wd):     # not into the linked demo model (written before tonight)
+        written += [Path(folder) / f for f in files]
+    assert len(written) > 20
+    leaks = [p for p in written if key.encode() in p.read_bytes()]
+    assert not leaks, leaks
