@@ -267,31 +267,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="seeds of one config (benchmarks/null_seeds.py): simulate nights and sequences instead")
     ap.add_argument("--sequences", type=int, default=300, help="with --null-json: null sequences of 10 nights")
     ap.add_argument("--detections", type=int, default=300, help="with --null-json: draws per improvement size")
+    ap.add_argument("--subsample", type=int, default=0, metavar="N",
+                    help="with --null-json: smaller evals of N dev cases per category (noisier), --evals of them")
+    ap.add_argument("--evals", type=int, default=5)
     ap.add_argument("--out", help="also write the report as JSON here")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
 
-def night_rules(sd: float) -> list:
-    """The rules the night benchmark compares; the noise bars' thresholds come from study.gate."""
+def night_rules(sd: float, prior_sd: float | None = None) -> list:
+    """The rules the night benchmark compares; the noise bars' thresholds come from study.gate.
+    prior_sd: also the default bar with that sd (a prior measured on a quieter null)."""
     from benchmarks.null_nights import Rule, noise_rule
-    return [Rule("plain +0.02", MARGIN),
-            Rule("statistical gate (P >= 0.95)", MARGIN, REQUIRE_P, CATEGORY_FLOOR),
-            Rule("statistical gate, P Bonferroni over 4", MARGIN, 1 - 0.05 / 4, CATEGORY_FLOOR),
+    wrong = [] if prior_sd is None else [noise_rule(f"noise bar alpha 0.05, 4 looks, the full eval's sd "
+                                                    f"{prior_sd:.4f}", prior_sd, 0.05)]
+    return wrong + [Rule("plain +0.02", MARGIN),
+            Rule("statistical gate", MARGIN, REQUIRE_P, CATEGORY_FLOOR),
+            Rule("statistical gate, no category floor", MARGIN, REQUIRE_P),
+            Rule("statistical gate, P Bonferroni over 4", MARGIN, 1 - (1 - REQUIRE_P) / 4, CATEGORY_FLOOR),
             Rule("statistical gate + replication", MARGIN, REQUIRE_P, CATEGORY_FLOOR, replicate=True),
             noise_rule("noise bar alpha 0.05, 1 look", sd, 0.05, looks=1),
-            *(noise_rule(f"noise bar alpha {a:g}, 4 looks", sd, a) for a in (0.1, 0.05, 0.02, 0.01)),
-            *(noise_rule(f"noise margin alpha {a:g}, 4 looks, P >= 0.95", sd, a, p_min=REQUIRE_P)
-              for a in (0.2, 0.1, 0.05, 0.02, 0.01))]
+            *(noise_rule(f"noise bar alpha {a:g}, 4 looks", sd, a) for a in (0.2, 0.1, 0.05, 0.02, 0.01)),
+            *(noise_rule(f"noise bar alpha {a:g}, 4 looks, no P", sd, a, p_min=None) for a in (0.2, 0.1, 0.05)),
+            noise_rule("noise bar alpha 0.05, 4 looks, + category floor", sd, 0.05, cat_floor=CATEGORY_FLOOR)]
 
 
 def main_nights(args: argparse.Namespace, sizes: list[float]) -> int:
-    from benchmarks.null_nights import load_null, render_nights, simulate_nights
+    from benchmarks.null_nights import load_null, pooled_report, render_nights, simulate_nights
     t0 = time.perf_counter()
-    null = load_null(Path(args.null_json))
-    report = simulate_nights(null, night_rules(null.seed_sd), args.sequences, sizes, args.detections,
-                             args.seed, args.bootstrap_samples)
-    report.update(source=str(args.null_json), simulate_s=round(time.perf_counter() - t0, 1))
+    measured = load_null(Path(args.null_json))
+    if args.subsample:
+        # Smaller evals: each its own draw of dev cases, judged with its own measured seed sd,
+        # plus the bar with the whole eval's sd (a prior measured on another eval).
+        rng = np.random.default_rng(args.seed)
+        evals = [measured.subsample(args.subsample, rng) for _ in range(args.evals)]
+        report = pooled_report([simulate_nights(e, night_rules(e.seed_sd, measured.seed_sd),
+                                                max(1, args.sequences // args.evals), sizes,
+                                                max(1, args.detections // args.evals), args.seed + i,
+                                                args.bootstrap_samples) for i, e in enumerate(evals)])
+        print(f"{args.evals} evals of {args.subsample} dev cases per category drawn from the measured null; "
+              "seed sd per eval: " + ", ".join(f"{x:.4f}" for x in report["eval_seed_sds"]))
+    else:
+        report = simulate_nights(measured, night_rules(measured.seed_sd), args.sequences, sizes, args.detections,
+                                 args.seed, args.bootstrap_samples)
+    report.update(source=str(args.null_json), subsample=args.subsample, simulate_s=round(time.perf_counter() - t0, 1))
     print(render_nights(report, sizes))
     print(f"\n(simulation {report['simulate_s']} s)")
     if args.out:

@@ -62,6 +62,15 @@ class NullSet:
         """The measured training-seed sd of the dev overall: the prior a gate carries."""
         return float(np.std(self.seed_dev_overall, ddof=1))
 
+    def subsample(self, per_category: int, rng: np.random.Generator) -> "NullSet":
+        """A smaller eval: per_category dev cases of every category drawn without replacement
+        (the held-out cases kept). Its seeds' spread is that eval's own training-seed noise."""
+        keep = ~self.dev
+        for c in np.unique(self.categories[self.dev]):
+            idx = np.flatnonzero(self.dev & (self.categories == c))
+            keep[rng.choice(idx, size=min(per_category, idx.size), replace=False)] = True
+        return NullSet(self.categories[keep], self.dev[keep], self.scores[:, keep], self.seeds)
+
 
 def load_null(path: Path) -> NullSet:
     data = json.loads(Path(path).read_text())
@@ -130,12 +139,11 @@ class Rule:
 
 
 def noise_rule(name: str, sd: float, alpha: float, looks: int = LOOKS, margin: float = 0.02,
-               cat_floor: float | None = 0.05, p_min: float | None = None) -> Rule:
-    """The gate's noise bar as a Rule: thresholds from GateConfig.noise_bar itself; p_min
-    replaces the bar's own P threshold (to compare a bar on the delta alone)."""
-    b = GateConfig(margin=margin, alpha=alpha, noise_sd=sd, looks=looks, category_p_floor=cat_floor,
-                   **NO_VETOES).noise_bar()
-    return Rule(name, b.required_delta, b.required_p if p_min is None else p_min, cat_floor)
+               p_min: float | None = 0.95, cat_floor: float | None = None) -> Rule:
+    """The gate's noise bar as a Rule: thresholds from GateConfig.noise_bar itself."""
+    b = GateConfig(margin=margin, alpha=alpha, noise_sd=sd, looks=looks, require_p=p_min,
+                   category_p_floor=cat_floor, **NO_VETOES).noise_bar()
+    return Rule(name, b.required_delta, b.required_p, cat_floor)
 
 
 def rule_config(rule: Rule, sd: float, alpha: float | None, looks: int, bootstrap_samples: int) -> GateConfig:
@@ -143,8 +151,8 @@ def rule_config(rule: Rule, sd: float, alpha: float | None, looks: int, bootstra
     if alpha is None:
         return GateConfig(margin=rule.margin, require_p=rule.p_min, category_p_floor=rule.cat_floor,
                           bootstrap_samples=bootstrap_samples, **NO_VETOES)
-    return GateConfig(margin=0.02, alpha=alpha, noise_sd=sd, looks=looks, category_p_floor=rule.cat_floor,
-                      bootstrap_samples=bootstrap_samples, **NO_VETOES)
+    return GateConfig(margin=0.02, alpha=alpha, noise_sd=sd, looks=looks, require_p=rule.p_min,
+                      category_p_floor=rule.cat_floor, bootstrap_samples=bootstrap_samples, **NO_VETOES)
 
 
 @dataclass
@@ -208,16 +216,15 @@ def simulate_nights(null: NullSet, rules: Sequence[Rule], sequences: int, sizes:
             runs[name].append(r)
         block_var.append(np.var([world.adapter().dev.mean() for _ in range(8)], ddof=1))
         # A night of five distinct whole real seeds: the block model's check.
-        if len(null.seeds) <= looks:
-            continue
-        picks = rng.choice(len(null.seeds), size=looks + 1, replace=False)
-        whole = [world.adapter(seeds=[p] * len(world.cats)) for p in picks]
-        for rule in rules:
-            base, cost, any_kept = whole[0], [0], False
-            for cand in whole[1:]:
-                if _try(rule, j, base, cand, 0.0, cost):
-                    base, any_kept = cand, True
-            seeds_night[rule.name] += any_kept
+        if len(null.seeds) > looks:
+            picks = rng.choice(len(null.seeds), size=looks + 1, replace=False)
+            whole = [world.adapter(seeds=[p] * len(world.cats)) for p in picks]
+            for rule in rules:
+                base, cost, any_kept = whole[0], [0], False
+                for cand in whole[1:]:
+                    if _try(rule, j, base, cand, 0.0, cost):
+                        base, any_kept = cand, True
+                seeds_night[rule.name] += any_kept
         calls += j.calls
     for _ in range(detections):
         world = World(null, rng)
@@ -269,3 +276,21 @@ def render_nights(report: dict[str, Any], sizes: Sequence[float]) -> str:
                      + " | ".join(f"{r[f'detect_{s:g}']:.1%}" for s in sizes)
                      + f" | {r['extra_trials_per_night']:.2f} |")
     return "\n".join(lines)
+
+
+def pooled_report(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several evals' reports as one: rates averaged (equal shares of the sequences), the
+    evals' own seed sds listed."""
+    first = reports[0]
+    out = {**first, "sequences": sum(r["sequences"] for r in reports),
+           "detections": sum(r["detections"] for r in reports),
+           "judge_calls": sum(r["judge_calls"] for r in reports),
+           "seed_sd": float(np.mean([r["seed_sd"] for r in reports])),
+           "block_sd": float(np.mean([r["block_sd"] for r in reports])),
+           "eval_seed_sds": [r["seed_sd"] for r in reports],
+           "rules": {k: {**v, "margin": float(np.mean([r["rules"][k]["margin"] for r in reports]))}
+                     for k, v in first["rules"].items()}}
+    names = list(first["rates"])
+    out["rates"] = {n: {k: float(np.mean([r["rates"][n][k] for r in reports])) for k in first["rates"][n]}
+                    for n in names}
+    return out

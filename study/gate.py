@@ -14,9 +14,9 @@ Rules (DESIGN.md section 3):
   verdict with a baseline, whether or not they gate, because with few cases one case can
   move the overall more than the margin (lesson 6: noise once crowned a champion).
 - Noise bar (study/noise.py), on when `alpha` is set: the threshold becomes
-  max(margin, z(1 - alpha/looks) * sqrt(2) * sd) and P(candidate > baseline) must reach
-  1 - alpha/looks, where sd is the training-seed noise (the prior `noise_sd`, or the study's
-  pooled estimate in `noise`) and looks the candidates judged against this baseline tonight.
+  max(margin, z(1 - alpha/looks) * sqrt(2) * sd), where sd is the training-seed noise (the
+  prior `noise_sd`, or the study's pooled estimate in `noise`) and looks the candidates
+  judged against this baseline tonight; `require_p` still applies as configured.
   Its numbers (`Verdict.noise`) are recorded on every verdict with a baseline.
 - Held-out cases (split "holdout") are compared and reported in `Verdict.holdout`, never
   used by any rule: they stay an unbiased check on what selection picked.
@@ -290,9 +290,9 @@ def _regression_rule(cand_agents: Mapping[str, float], base_agents: Mapping[str,
 
 
 def _statistical_rule(overall: PairedStats | None, cats: Mapping[str, Mapping[str, Any]],
-                      cfg: GateConfig, noise: Bar | None) -> tuple[bool, list[str]]:
+                      cfg: GateConfig) -> tuple[bool, list[str]]:
     ok, reasons = True, []
-    require_p = noise.required_p if noise is not None else cfg.require_p
+    require_p = cfg.require_p
     if require_p is not None:
         if overall is None:
             ok = False
@@ -301,7 +301,7 @@ def _statistical_rule(overall: PairedStats | None, cats: Mapping[str, Mapping[st
             p_ok = overall.p_better >= require_p - EPS
             ok = ok and p_ok
             reasons.append(f"P(candidate > baseline) {overall.p_better:.3f} "
-                           f"{'>=' if p_ok else '<'} {require_p:.4f}")
+                           f"{'>=' if p_ok else '<'} {require_p:.3f}")
     if cfg.category_p_floor is not None:
         floor = cfg.category_p_floor
         if not cats:
@@ -351,7 +351,7 @@ def judge(candidate: dict, baseline: dict | None, cfg: GateConfig = GateConfig()
     reasons = list(jb_reasons) + list(reg_reasons)
     sign = ">=" if threshold_ok else "<"
     reasons.append(f"overall {score:.3f} {sign} baseline {base_score:.3f} + {required:.3f}")
-    stat_ok, stat_reasons = _statistical_rule(overall, cats, cfg, noise)
+    stat_ok, stat_reasons = _statistical_rule(overall, cats, cfg)
     reasons += stat_reasons
     if noise is not None:
         reasons.append(noise.line())

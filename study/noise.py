@@ -12,10 +12,12 @@ baseline by
     required delta = max(margin, z(1 - alpha / looks) * sqrt(2) * sd)
 
 where sd is the standard deviation of one config's dev overall across training seeds
-(sqrt(2) * sd: the difference of two such adapters), looks the number of candidates
-judged against this baseline tonight (Bonferroni), and its bootstrap P(candidate >
-baseline) must reach 1 - alpha / looks. alpha is then the chance that a night of
-no-better candidates promotes one.
+(sqrt(2) * sd: the difference of two such adapters) and looks the number of candidates
+judged against this baseline tonight (Bonferroni). alpha is then the chance that a night
+of no-better candidates promotes one. The bar moves the threshold only: the bootstrap
+P(candidate > baseline) keeps its own `require_p`, uncorrected, because on the demo's
+lumpy noise (a seed learns two jailbreak refusals or does not) a corrected P cost more
+detection than it bought (benchmarks/README.md, "False promotions").
 
 sd comes from a prior (autoresearch.toml [gate] noise_sd, measured by
 benchmarks/null_seeds.py) pooled with what the study measured itself: groups of
@@ -57,14 +59,15 @@ class Bar:
     z: float
     noise_margin: float      # z * sqrt(2) * sd
     required_delta: float    # max(margin, noise_margin): the smallest win told from noise
-    required_p: float        # bootstrap P(candidate > baseline) needed
+    required_p: float | None # bootstrap P(candidate > baseline) needed ([gate] require_p)
     detectable: float        # the real gain found with POWER: required_delta + z(POWER) * sqrt(2) * sd
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def line(self) -> str:
-        return (f"noise bar: delta >= {self.required_delta:.3f} and P >= {self.required_p:.4f} "
+        p = f" and P >= {self.required_p:.3f}" if self.required_p is not None else ""
+        return (f"noise bar: delta >= {self.required_delta:.3f}{p} "
                 f"(training-seed sd {self.sd:.4f} from {self.source}; alpha {self.alpha:g} over "
                 f"{self.looks} look(s) tonight); a real gain of +{self.detectable:.3f} passes "
                 f"{POWER:.0%} of the time")
@@ -78,7 +81,7 @@ def bar(margin: float, alpha: float, looks: int, noise: Noise, require_p: float 
     required = max(margin, noise_margin)
     return Bar(sd=noise.sd, adapters=noise.adapters, source=noise.source, looks=looks, alpha=alpha,
                alpha_per_look=per_look, z=z, noise_margin=noise_margin, required_delta=required,
-               required_p=max(require_p or 0.0, 1.0 - per_look),
+               required_p=require_p,
                detectable=required + NormalDist().inv_cdf(POWER) * spread)
 
 
@@ -134,9 +137,10 @@ def report_lines(trials: Iterable[Any]) -> list[str]:
     widths = [(st["delta_ci"][1] - st["delta_ci"][0]) / 2 for st in stats if st.get("delta_ci")]
     if bars:
         b = bars[-1]   # the latest verdict's: the night's estimate, after any re-judge
+        p = f" (and P(candidate > baseline) >= {b['required_p']:.3f})" if b.get("required_p") else ""
         return ["## Noise", "",
-                f"A candidate had to beat its baseline by at least **+{b['required_delta']:.3f}** "
-                f"(and P(candidate > baseline) >= {b['required_p']:.4f}) to be told from noise: one "
+                f"A candidate had to beat its baseline by at least **+{b['required_delta']:.3f}**{p} "
+                "to be told from noise: one "
                 f"config's dev score varies by sd {b['sd']:.4f} between training seeds ({b['source']}; "
                 f"{b['adapters']} adapters), and {b['looks']} candidate(s) were judged against one baseline "
                 f"tonight, so a night of no-better candidates promotes one with chance <= {b['alpha']:g}. "

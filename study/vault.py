@@ -117,8 +117,9 @@ def statistics(stats: dict) -> list[str]:
                          f"| {_num(st.get('tie_rate'), '.0%')} |")
     noise = stats.get("noise")
     if isinstance(noise, dict):
-        lines += ["", f"Noise bar: delta had to reach {_num(noise.get('required_delta'), '+.3f')} and "
-                      f"P {_num(noise.get('required_p'), '.4f')} (training-seed sd {_num(noise.get('sd'), '.4f')} "
+        p = f" and P {_num(noise.get('required_p'))}" if noise.get("required_p") is not None else ""
+        lines += ["", f"Noise bar: delta had to reach {_num(noise.get('required_delta'), '+.3f')}{p} "
+                      f"(training-seed sd {_num(noise.get('sd'), '.4f')} "
                       f"from {noise.get('source', 'n/a')}; alpha {noise.get('alpha', 'n/a')} over "
                       f"{noise.get('looks', 'n/a')} look(s)); a real gain of {_num(noise.get('detectable'), '+.3f')} "
                       "passes 80% of the time."]

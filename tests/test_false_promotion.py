@@ -129,7 +129,7 @@ def test_rules_decide_as_judge_does():
     world = World(null, np.random.default_rng(3))
     j = Judge(world, 300)
     sd = null.seed_sd
-    rules = [(noise_rule("bar", sd, 0.05), 0.05), (noise_rule("bar 1", sd, 0.2, looks=1), 0.2)]
+    rules = [(noise_rule("bar", sd, 0.05, cat_floor=0.05), 0.05), (noise_rule("bar 1", sd, 0.2, looks=1, p_min=None), 0.2)]
     kept = set()
     for _ in range(25):
         base, cand = world.adapter(), world.adapter(gain=0.05)
@@ -168,3 +168,25 @@ def test_cli_with_null_json(tmp_path, capsys):
     assert "| noise bar alpha 0.05, 4 looks |" in out and "10-night sequences promoting" in out
     assert main(["--null-json", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_subsampled_eval_keeps_per_category_dev_cases_and_all_holdout():
+    null = synthetic_null(n_per_cat=12)
+    small = null.subsample(4, np.random.default_rng(0))
+    for c in CATS:
+        assert int(np.sum(small.dev & (small.categories == c))) == 4
+    assert int(np.sum(~small.dev)) == int(np.sum(~null.dev))
+    assert small.scores.shape == (len(null.seeds), small.categories.size)
+
+
+def test_cli_subsampled_evals(tmp_path, capsys):
+    null = synthetic_null()
+    cases = [{"id": f"c{i}", "agent": "yoda", "category": str(c), "split": "dev" if d else "holdout"}
+             for i, (c, d) in enumerate(zip(null.categories, null.dev))]
+    path = tmp_path / "null.json"
+    path.write_text(json.dumps({"cases": cases, "seeds": {s: {"scores": null.scores[i].tolist()}
+                                                          for i, s in enumerate(null.seeds)}}))
+    assert main(["--null-json", str(path), "--subsample", "5", "--evals", "2", "--sequences", "2",
+                 "--detections", "2", "--bootstrap-samples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "2 evals of 5 dev cases per category" in out and "the full eval's sd" in out

@@ -583,24 +583,23 @@ def test_noise_bar_more_looks_need_more():
     v = judge(cand, base, noisy(looks=4))
     assert v.result == "reverted"
     assert v.noise["looks"] == 4 and v.noise["alpha_per_look"] == pytest.approx(0.0125)
-    assert v.noise["required_p"] == pytest.approx(0.9875)
+    assert v.noise["required_p"] is None                # the bar moves the threshold, not P
 
 
-def test_noise_bar_p_boundary():
-    # 3 of 30 cases better, 27 tied: the bootstrap P is some p0 < 1; a bar asking exactly p0 keeps.
+def test_noise_bar_keeps_require_p_uncorrected():
+    # 3 of 30 cases better, 27 tied: the bootstrap P is some p0 < 1; require_p exactly p0 keeps,
+    # whatever the number of looks (the bar corrects the delta threshold, not P).
     base = summary(0.60, case_scores=FLAT)
     cand = summary(0.70, case_scores={**FLAT, "c0": 1.0, "c1": 1.0, "c2": 1.0})
     p0 = judge(cand, base).p_better
     assert 0.9 < p0 < 1.0
-    looks = 4
-    at = judge(cand, base, noisy(sd=0.0, alpha=(1 - p0) * looks, looks=looks))
-    assert at.result == "kept" and at.noise["required_p"] == pytest.approx(p0)
-    above = judge(cand, base, noisy(sd=0.0, alpha=(1 - p0) * looks * 0.9, looks=looks))
+    at = judge(cand, base, noisy(require_p=p0, looks=16))
+    assert at.result == "kept" and at.noise["required_p"] == p0
+    assert any(r.startswith("noise bar: delta >= ") and f"and P >= {p0:.3f}" in r for r in at.reasons)
+    above = judge(cand, base, noisy(require_p=min(0.999, p0 + 0.005)))
     assert above.result == "reverted"
     assert any(r.startswith(f"P(candidate > baseline) {p0:.3f} < ") for r in above.reasons)
-    # require_p stricter than the bar's own P: the stricter one holds.
-    assert judge(cand, base, noisy(sd=0.0, alpha=(1 - p0) * looks, looks=looks,
-                                   require_p=min(0.999, p0 + 0.01))).result == "reverted"
+    assert judge(cand, base, noisy(looks=16)).result == "kept"   # no require_p: no P test
 
 
 def test_noise_bar_prefers_the_study_estimate_and_is_recorded():

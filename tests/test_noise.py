@@ -55,7 +55,8 @@ def test_study_noise_from_a_real_study():
 
 def test_bar_numbers():
     b = bar(0.02, 0.05, 4, PRIOR)
-    assert b.z == pytest.approx(2.2414, abs=1e-4) and b.required_p == pytest.approx(0.9875)
+    assert b.z == pytest.approx(2.2414, abs=1e-4) and b.required_p is None
+    assert bar(0.02, 0.05, 4, PRIOR, require_p=0.95).required_p == 0.95
     assert b.required_delta == pytest.approx(b.z * math.sqrt(2) * 0.02)
     assert b.detectable == pytest.approx(b.required_delta + 0.8416 * math.sqrt(2) * 0.02, abs=1e-4)
     assert bar(0.02, 0.05, 1, Noise(0.0, 2, "x")).required_delta == 0.02
