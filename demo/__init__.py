@@ -23,4 +23,11 @@ def ensure_model(name: str, cache_dir: Path, council_path: Path, *, pretrain_sec
     raise ConfigError(None, "demo.model", f"unknown demo model {name!r} (one of {', '.join(DEMO_MODELS)})")
 
 
-__all__ = ["BUILD_VERSION", "DEMO_MODELS", "DemoAssets", "ensure_demo", "ensure_model"]
+def check_model(name: str) -> None:
+    """What a demo model needs before a night starts (cheap, nothing built): ConfigError if missing."""
+    if name == "smollm2":
+        from .smollm2 import find_gguf
+        find_gguf()
+
+
+__all__ = ["check_model", "BUILD_VERSION", "DEMO_MODELS", "DemoAssets", "ensure_demo", "ensure_model"]

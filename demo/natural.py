@@ -18,8 +18,8 @@ from common.council import Agent, Council
 from .sessions import agent_sessions, write_sessions
 
 # User openers and closers a person adds around a request (eval prompts use neither).
-_OPENERS = ["", "", "Hey, ", "Hi! ", "Morning. ", "Okay, ", "One more thing: ", "Listen, ",
-            "Quick one for you. ", "Before I forget, "]
+_OPENERS = ["", "", "Hey, ", "Hi! ", "Morning. ", "Okay, ", "Listen, ", "Quick one for you. ",
+            "Before I forget, ", "So, "]
 _CLOSERS = ["", "", " Thanks!", " Thank you.", " Cheers.", " It's a bit urgent."]
 
 

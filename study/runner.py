@@ -100,9 +100,9 @@ class NightRunner:
     # -- building what the plan names -------------------------------------------------
     def _model_and_sessions(self) -> tuple[Path, Path]:
         if self.p.is_demo_model:
-            from demo import ensure_demo
-            assets = ensure_demo(self.s.path(self.s.paths.cache), self.p.council_path,
-                                 pretrain_seconds=self.s.demo.pretrain_s, progress=self.p.progress)
+            from demo import ensure_model
+            assets = ensure_model(self.p.model, self.s.path(self.s.paths.cache), self.p.council_path,
+                                  pretrain_seconds=self.s.demo.pretrain_s, progress=self.p.progress)
             return assets.model_dir, assets.sessions_dir
         model = Path(self.p.mode_settings.local_model).expanduser()
         sessions = self.s.path(self.s.paths.sessions)

