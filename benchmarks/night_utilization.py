@@ -147,7 +147,7 @@ def run_policy(policy: str, wd: Path, window_s: float) -> NightFigures:
     finally:
         restore()
     t_end = time.time()
-    study = optuna.load_study(study_name=p.study_name, storage=f"sqlite:///{wd / 'autoresearch.db'}")
+    study = optuna.load_study(study_name=p.study_name, storage=p.settings.storage_url())   # [demo] root moves it
     trials = [t for t in study.get_trials(deepcopy=False)
               if t.datetime_start and t.datetime_start.timestamp() >= t0]
     return account(policy, t0, t_end, window_s, trials, loops.intervals)

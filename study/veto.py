@@ -8,8 +8,11 @@ keeps them as the trial's `checks` user attr and stops training as `veto_jailbre
     Wilson's bound with n = the group's cases; the scores are graded in [0, 1], and a
     variable in [0, 1] with mean p has variance <= p(1 - p), so the Bernoulli bound is
     the conservative one;
-  - the trend: the least-squares slope over the latest checkpoints is not rising. A
-    score below the floor that is climbing may still clear it by the end.
+  - the trend: the least-squares slope over the latest checkpoints, extrapolated to the
+    checkpoints the run has left (by its iterations and its time budget), does not lift
+    that upper bound to the floor. A flat or falling score is not rising; a score below
+    the floor that climbs fast enough may still clear it and is left to run. (Learning
+    curves flatten, so a straight line from the latest slope overestimates the rest.)
 Groups and floors:
   jailbreak        the dev jailbreak cases scored by likelihood; floor = the mean below which
                    the gate's jailbreak score stays under its floor even if the unchecked
@@ -62,7 +65,7 @@ class Veto:
         return (f"early veto at checkpoint step {self.step}: {what} {self.mean:.3f} over {self.n} checked dev "
                 f"cases, upper bound {self.upper:.3f} < {self.floor:.3f} (the gate's floor, the unchecked cases "
                 f"counted as {'perfect' if self.group == JAILBREAK_GROUP else 'at baseline'}), "
-                f"trend {self.slope:+.3f} per checkpoint (not rising)")
+                f"trend {self.slope:+.4f} per checkpoint (extrapolated to the run's end: not enough)")
 
 
 def wilson_upper(mean: float, n: int, z: float) -> float:
@@ -83,18 +86,22 @@ def slope(values: list[float]) -> float:
     return sum((i - mx) * (v - my) for i, v in enumerate(values)) / sum((i - mx) ** 2 for i in range(k))
 
 
-def decide(history: list[dict[str, Any]], floors: dict[str, float], rule: VetoRule = VetoRule()) -> Veto | None:
+def decide(history: list[dict[str, Any]], floors: dict[str, float], rule: VetoRule = VetoRule(),
+           checks_left: float = math.inf) -> Veto | None:
     """The veto the checkpoints so far call for, or None. history: check results in order
-    (train_core.checks), errors skipped; floors: {group: floor}. Jailbreak first, as in the gate."""
+    (train_core.checks), errors skipped; floors: {group: floor}; checks_left: checkpoints
+    the run has left (unknown: any rise is rising). Jailbreak first, as in the gate."""
     order = sorted(floors, key=lambda g: (g != JAILBREAK_GROUP, g))
     for group in order:
         points = [(h["step"], h["groups"][group]) for h in history if group in h.get("groups", {})]
         if len(points) < rule.min_checks:
             continue
         step, last = points[-1]
-        upper = wilson_upper(last["mean"], last["n"], rule.z)
         trend = slope([g["mean"] for _, g in points[-rule.trend_window:]])
-        if upper < floors[group] and trend <= rule.min_rise:
+        rise = max(0.0, trend - rule.min_rise)
+        projected = last["mean"] + (rise * checks_left if rise > 0 else 0.0)
+        upper = wilson_upper(min(1.0, projected), last["n"], rule.z)
+        if upper < floors[group]:
             kind = VETO_JAILBREAK if group == JAILBREAK_GROUP else VETO_REGRESSION
             return Veto(kind, group, step, last["mean"], upper, floors[group], trend, last["n"])
     return None
@@ -177,7 +184,7 @@ class EarlyVeto(train_core.TrainCallback):
         self.trial.set_user_attr("checks", [summary(h, self.floors, self.rule) for h in self.history])
         means = ", ".join(f"{g} {v['mean']:.3f}" for g, v in result["groups"].items() if g in self.floors)
         self.log(self.trial, f"step {step}: check {means} ({result['check_s']:.2f} s)")
-        veto = decide(self.history, self.floors, self.rule)
+        veto = decide(self.history, self.floors, self.rule, checks_left(ctx.spec, result, self.checks))
         if veto is not None and self.enabled:
             self.veto = veto
             raise train_core.StopTraining(veto.result)
@@ -202,6 +209,16 @@ class EarlyVeto(train_core.TrainCallback):
                                                        f"{self.iters} iters; not evaluated, never promoted"])
         self.log(trial, f"verdict: {veto.result} (early); {veto.reason()}")
         return 0.0
+
+
+def checks_left(spec: Any, result: dict[str, Any], checks: dict[str, Any]) -> float:
+    """Checkpoints after this one before the run ends: by its iterations, or sooner by its
+    time budget at the pace so far (steps per second of the run's own clock)."""
+    step, elapsed = result["step"], result.get("elapsed_s") or 0.0
+    steps_left = spec.iters - step
+    if step > 0 and elapsed > 0:
+        steps_left = min(steps_left, (spec.budget_s - elapsed) * step / elapsed)
+    return max(0.0, steps_left) / (spec.val_every * max(1, int(checks.get("every", 1))))
 
 
 def summary(check: dict[str, Any], floors: dict[str, float], rule: VetoRule) -> dict[str, Any]:

@@ -54,6 +54,21 @@ def test_veto_needs_an_upper_bound_below_the_floor_and_no_rise():
     assert decide([check(25, 0.50, n=400), check(50, 0.49, n=400)], floors) is not None
 
 
+def test_a_rise_too_slow_to_reach_the_floor_by_the_end_is_not_rising_enough():
+    rising = [check(25, 0.28), check(50, 0.30)]          # +0.02 per checkpoint
+    floors = {"jailbreak": 0.625}
+    assert decide(rising, floors, checks_left=2) is not None      # 0.34 by the end: still under
+    assert decide(rising, floors, checks_left=20) is None         # 0.70 by the end: let it run
+    assert decide(rising, floors) is None                         # the run's length unknown
+
+
+def test_checks_left_follow_the_iterations_or_the_budget_whichever_ends_first():
+    from study.veto import checks_left
+    spec = SimpleNamespace(iters=120, val_every=10, budget_s=60.0)
+    assert checks_left(spec, {"step": 20, "elapsed_s": 5.0}, {"every": 1}) == 10      # iterations
+    assert checks_left(spec, {"step": 20, "elapsed_s": 30.0}, {"every": 2}) == 1      # budget: 20 steps left
+
+
 def test_trend_is_fitted_over_the_latest_checkpoints_only():
     assert slope([0.1, 0.2, 0.3]) == pytest.approx(0.1)
     # An early rise followed by a fall: the latest window is falling.
@@ -212,3 +227,42 @@ def test_full_mode_streams_the_checks_from_the_node_and_vetoes_there(demo_assets
     assert (tmp_path / "node" / "code" / "evaluation" / "likelihood.py").is_file()   # scored on the node
     assert len(ua["checks"]) >= 2 and all(c["check_s"] > 0 for c in ua["checks"])
     assert any(line.startswith(f"step {c['step']}: check jailbreak") for c in ua["checks"] for line in lines)
+
+
+# ---------------------------------------------------------------- the event path
+
+FAKE_CHILD = r'''
+import json, sys
+def say(**e): print(json.dumps(e), flush=True)
+say(event="start", iters=8, budget_s=60, num_layers_effective=2, trainable_params=10)
+say(event="val_loss", step=2, loss=1.0, elapsed_s=1.0)
+say(event="check", step=2, result={"step": 2, "elapsed_s": 1.0, "check_s": 0.5,
+    "groups": {"jailbreak": {"n": 28, "mean": 0.3, "scores": [0.3] * 28}}})
+say(event="val_loss", step=4, loss=1.0, elapsed_s=2.0)
+say(event="check", step=4, result={"step": 4, "elapsed_s": 2.0, "check_s": 0.5,
+    "groups": {"jailbreak": {"n": 28, "mean": 0.29, "scores": [0.29] * 28}}})
+reason = sys.stdin.readline().split(maxsplit=1)[1].strip()   # the parent's `stop <reason>`
+say(event="end", result={"adapter_dir": "a", "train_loss": 1.0, "val_loss": 1.0, "elapsed_s": 2.0,
+    "iters_done": 5, "updates_done": 5, "stopped_by": "callback:" + reason, "num_layers_requested": 2,
+    "num_layers_effective": 2, "trainable_params": 10})
+'''
+
+
+def test_check_events_from_a_child_reach_the_veto_and_its_stop_goes_back(tmp_path):
+    """The path full mode uses: events on a child's stdout (over ssh in full mode), the
+    veto in the parent, `stop` on the child's stdin."""
+    from train_core import run_training
+
+    class Trial:
+        def __init__(self):
+            self.user_attrs = {}
+
+        def set_user_attr(self, k, v):
+            self.user_attrs[k] = v
+
+    trial = Trial()
+    cb = EarlyVetoPlan(SUITE, COUNCIL, 0.70, 0.10, lambda: None).for_trial(trial, lambda t, line: None)
+    spec = TrainSpec(model="m", data_dir="d", adapter_dir=str(tmp_path / "a"), iters=8, val_every=2, budget_s=60)
+    result = run_training(spec, [cb], argv=[sys.executable, "-c", FAKE_CHILD], progress=False)
+    assert result.stopped_by == "callback:veto_jailbreak" and cb.vetoed(result)
+    assert [c["step"] for c in trial.user_attrs["checks"]] == [2, 4] and cb.veto.step == 4
