@@ -20,7 +20,12 @@ Policies:
 - gp: GPSampler, when its optional dependencies (torch, scipy) import; it sees every
   constraint key on every trial (CONSTRAINT_KEYS: GPSampler raises on trials whose keys differ);
 - user: the user's practice: a hand-made ladder of 9 configs (USER_LADDER), then greedy
-  one-parameter changes from the best feasible config seen (GREEDY_STEPS).
+  one-parameter changes from the best feasible config seen (GREEDY_STEPS);
+- hybrid (random proposer) / hybrid (edge proposer): ours with the proposer of
+  study/proposer.py (imported: its turns, share 0.3, validation and enqueueing) answered by
+  a deliberately bad stand-in instead of a model: a random valid config, or every
+  parameter at one end of its range (BadProposer). The proposer must cost no more than
+  noise even when its model is useless.
 
 Per policy and variant, over the seeds: the median of the best TRUE score among truly
 feasible trials after 4, 12 and 40 trials (1, 3 and 10 nights); the trials the median
@@ -32,6 +37,7 @@ were used for no tuning decision (see --first-seed).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -46,6 +52,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from benchmarks.surrogate import VARIANTS, Outcome, Variant, observe  # noqa: E402
+from study.config import ProposerSettings  # noqa: E402
+from study.proposer import Answer, Proposer  # noqa: E402
 from study.sampler import default_sampler, gp_available  # noqa: E402
 from study.space import SearchSpace, load_search_space  # noqa: E402
 from study.storage import enqueue_warm_start  # noqa: E402
@@ -60,6 +68,8 @@ MODE = "proxy"
 # others see the keys objective.py sets.
 CONSTRAINT_KEYS = ("oom", "jailbreak", "regression")
 ALL_CONSTRAINT_KEYS = {"gp"}
+HYBRIDS = {"hybrid (random proposer)": "random", "hybrid (edge proposer)": "edges"}
+SHARE = 0.3
 
 # The user's hand-made ladder: an lr sweep from the baseline, then single changes at a
 # middle lr (more iterations, a smaller rank, all 48 layers, more synthetic data).
@@ -96,8 +106,43 @@ def objective_for(variant: Variant, seed: int, space: SearchSpace, log: list[Out
     return objective
 
 
+class BadProposer:
+    """A stand-in for the proposer's model that is useless on purpose: it answers (as JSON,
+    as a model would) a random valid config ("random": uniform, log-uniform where the
+    space is log, on each grid) or every parameter at the low or high end of its range
+    ("edges"). It reads nothing of the brief."""
+
+    def __init__(self, space: SearchSpace, kind: str, seed: int):
+        self.params, self.kind = space.for_mode(MODE), kind
+        self.rng = np.random.default_rng([seed, 4242])
+
+    def _value(self, p) -> float:
+        if self.kind == "edges":
+            return p.low if self.rng.random() < 0.5 else p.high
+        if p.log:
+            return p.clamp(math.exp(self.rng.uniform(math.log(p.low), math.log(p.high))))
+        return p.clamp(self.rng.uniform(p.low, p.high))
+
+    def __call__(self, messages: list[dict]) -> Answer:
+        config = {name: self._value(p) for name, p in self.params.items()}
+        return Answer(json.dumps({"config": config, "hypothesis": f"a {self.kind} stand-in"}))
+
+
+def make_proposer(space: SearchSpace, kind: str, seed: int, tally: dict[str, int]) -> Proposer:
+    """tally counts the proposer's turns: proposals run, and answers that fell back."""
+    settings = ProposerSettings(enabled=True, model=f"stand-in/{kind}", share=SHARE, max_tokens_per_night=10**9)
+
+    def count(line: str) -> None:
+        key = "fell back" if "fell back" in line else "proposed"
+        tally[key] = tally.get(key, 0) + 1
+    return Proposer(settings, space, MODE, program_md=(ROOT / "program.md").read_text(),
+                    complete=BadProposer(space, kind, seed), warm_start_configs=space.warm_start_configs(MODE),
+                    echo=count)
+
+
 def run_sampler(make: Callable[[int], optuna.samplers.BaseSampler], warm: bool, variant: Variant,
-                seed: int, n_trials: int, space: SearchSpace, all_keys: bool = False) -> list[Outcome]:
+                seed: int, n_trials: int, space: SearchSpace, all_keys: bool = False,
+                proposer: Proposer | None = None) -> list[Outcome]:
     storage = optuna.storages.InMemoryStorage()
     log: list[Outcome] = []
     objective = objective_for(variant, seed, space, log, all_keys)
@@ -107,7 +152,10 @@ def run_sampler(make: Callable[[int], optuna.samplers.BaseSampler], warm: bool, 
         study = optuna.load_study(study_name="s", storage=storage, sampler=make(night))
         if warm:  # the night enqueues it every night; skip_if_exists keeps it once
             enqueue_warm_start(study, space.warm_start_configs(MODE))
-        study.optimize(objective, n_trials=min(PER_NIGHT, n_trials - len(log)))
+        for _ in range(min(PER_NIGHT, n_trials - len(log))):
+            if proposer is not None:   # between trials, as run_night calls it
+                proposer.before_slot(study, f"night-{night}", PER_NIGHT)
+            study.optimize(objective, n_trials=1)
         night += 1
     return log
 
@@ -180,6 +228,8 @@ def policies(space: SearchSpace, seed: int) -> dict[str, tuple[Callable | None, 
     if gp_available():
         out["gp"] = (lambda night: optuna.samplers.GPSampler(seed=seed * 1000 + night), False)
     out["user"] = (None, False)
+    for name in HYBRIDS:
+        out[name] = (ours, True)
     return out
 
 
@@ -205,7 +255,8 @@ def summarise(curves: dict[str, np.ndarray], infeasible: dict[str, float], n_tri
 
 
 def run_variant(variant: Variant, seeds: range, n_trials: int, space: SearchSpace,
-                only: set[str] | None) -> tuple[list[dict], dict[str, float], dict[str, np.ndarray]]:
+                only: set[str] | None) -> tuple[list[dict], dict[str, float], dict[str, np.ndarray], dict]:
+    tallies: dict[str, dict[str, int]] = {}     # hybrid -> proposer turns: proposed / fell back
     curves: dict[str, list[np.ndarray]] = {}
     infeasible: dict[str, list[float]] = {}
     timing: dict[str, float] = {}
@@ -214,15 +265,17 @@ def run_variant(variant: Variant, seeds: range, n_trials: int, space: SearchSpac
             if only and name not in only and name != "random":
                 continue
             t0 = time.perf_counter()
+            proposer = make_proposer(space, HYBRIDS[name], seed, tallies.setdefault(name, {})) \
+                if name in HYBRIDS else None
             log = run_user(variant, seed, n_trials, space) if make is None else \
-                run_sampler(make, warm, variant, seed, n_trials, space, name in ALL_CONSTRAINT_KEYS)
+                run_sampler(make, warm, variant, seed, n_trials, space, name in ALL_CONSTRAINT_KEYS, proposer)
             timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
             curves.setdefault(name, []).append(best_curve(log))
             infeasible.setdefault(name, []).append(
                 float(np.mean([any(v > 0 for v in o.constraints.values()) for o in log])))
     arrays = {k: np.array(v) for k, v in curves.items()}
     rows = summarise(arrays, {k: float(np.mean(v)) for k, v in infeasible.items()}, n_trials)
-    return rows, timing, arrays
+    return rows, timing, arrays, tallies
 
 
 def print_table(variant: Variant, rows: list[dict], n_trials: int, timing: dict[str, float]) -> None:
@@ -241,11 +294,18 @@ def print_paired(curves: dict[str, np.ndarray], n_trials: int) -> None:
         return
     for at in (12, n_trials):
         i = min(at, n_trials) - 1
-        rival = max((k for k in curves if k != "ours"), key=lambda k: np.median(curves[k][:, i]))
+        rival = max((k for k in curves if k != "ours" and k not in HYBRIDS), key=lambda k: np.median(curves[k][:, i]))
         diff = curves["ours"][:, i] - curves[rival][:, i]
         print(f"\nafter {at}: ours - {rival} (the best other), seed by seed: median {np.median(diff):+.4f}, "
               f"mean {np.mean(diff):+.4f}; ours >= it on {int(np.sum(diff >= 0))}/{len(diff)} seeds", end="")
     print()
+    for name in HYBRIDS:
+        if name not in curves:
+            continue
+        for at in (12, n_trials):
+            diff = curves[name][:, min(at, n_trials) - 1] - curves["ours"][:, min(at, n_trials) - 1]
+            print(f"after {at}: {name} - ours, seed by seed: median {np.median(diff):+.4f}, mean {np.mean(diff):+.4f}, "
+                  f"worst {np.min(diff):+.4f}; >= ours on {int(np.sum(diff >= 0))}/{len(diff)} seeds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,10 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variant or list(VARIANTS):
         variant = VARIANTS[name]
         seeds = range(args.first_seed, args.first_seed + args.seeds)
-        rows, timing, curves = run_variant(variant, seeds, args.trials, space,
+        rows, timing, curves, tallies = run_variant(variant, seeds, args.trials, space,
                                            set(args.policy) if args.policy else None)
         print_table(variant, rows, args.trials, {k: v / args.seeds for k, v in timing.items()})
         print_paired(curves, args.trials)
+        for name, tally in tallies.items():
+            print(f"{name}: {tally.get('proposed', 0)} proposals ran, {tally.get('fell back', 0)} fell back "
+                  f"to the sampler ({args.seeds} runs)")
     print(f"\nseeds {args.first_seed}-{args.first_seed + args.seeds - 1} x {args.trials} trials; "
           f"{time.perf_counter() - started:.0f} s in all")
     return 0
