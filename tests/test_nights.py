@@ -113,8 +113,9 @@ def test_a_second_run_in_a_night_whose_trials_are_taken_says_so_and_exits_6(tmp_
 
 @pytest.mark.slow
 def test_real_nights_a_run_by_hand_then_the_scheduled_run_trains_its_trials(tmp_path, demo_assets):
-    """The same, with real training: a run by hand started before the window (time injected)
-    trains 2 trials; the scheduled run after it still trains its 2."""
+    """The same through NightRunner with real training (one trial each, for CI's time): a run
+    by hand started before the window (time injected) trains its trial; the scheduled run
+    after it still trains the night's."""
     from rich.console import Console
 
     from study.night import plan
@@ -123,7 +124,7 @@ def test_real_nights_a_run_by_hand_then_the_scheduled_run_trains_its_trials(tmp_
     wd = make_workdir(tmp_path / "wd", pretrain_s=float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20")),
                       overrides=overrides)
     link_demo_cache(wd, demo_assets)
-    args = night_args(wd, "--demo", "--max-trials", "2", "--deadline", deadline)
+    args = night_args(wd, "--demo", "--max-trials", "1", "--deadline", deadline)
     by_hand = plan(args, now=datetime.now() - timedelta(hours=1))
     scheduled = plan(args)
     assert (by_hand.night.scheduled, scheduled.night.scheduled) == (False, True)
@@ -133,4 +134,4 @@ def test_real_nights_a_run_by_hand_then_the_scheduled_run_trains_its_trials(tmp_
     import optuna
     trials = optuna.load_study(study_name=STUDY, storage=scheduled.settings.storage_url()).trials
     nights = [t.user_attrs["night"] for t in trials if t.state.name == "COMPLETE"]
-    assert sorted(nights) == sorted([by_hand.night.key] * 2 + [scheduled.night.key] * 2)
+    assert sorted(nights) == sorted([by_hand.night.key, scheduled.night.key])

@@ -129,7 +129,10 @@ def test_three_nightly_workers_run_exactly_six_trials(pg_url, tmp_path, demo_ass
     assert sum(1 for t in trials if t.params == pytest.approx(base)) == 1   # warm start once
     # results.tsv: every machine's rows agree with the study; the last to finish has all six.
     ids = {t.user_attrs["experiment_id"]: t for t in trials}
-    frames = [pd.read_csv(wd / "results.tsv", sep="\t") for wd in wds]
+    # A worker rerun after the guard refused it may find the six taken: it exits 6 having
+    # written nothing, results.tsv included.
+    frames = [pd.read_csv(wd / "results.tsv", sep="\t") for wd in wds if (wd / "results.tsv").exists()]
+    assert frames
     for df in frames:
         assert df["experiment_id"].is_unique
         for row in df.itertuples():
