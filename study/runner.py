@@ -462,9 +462,10 @@ class NightRunner:
         try:
             best = study.best_trial
             self.console.print(f"best feasible trial so far: #{best.number} score {best.value:.3f} "
-                               f"({best.user_attrs.get('result')})")
+                               f"({best.user_attrs.get('result')})", soft_wrap=True)
         except ValueError:
             self.console.print("no feasible completed trial yet")
-        self.console.print(f"serving adapter: {cur or 'none promoted yet (base model)'}")
+        # soft_wrap: a path stays whole on its line, to be copied from a log file.
+        self.console.print(f"serving adapter: {cur or 'none promoted yet (base model)'}", soft_wrap=True)
         if self.tonight:
-            self.console.print(f"morning report: {self.report_path}")
+            self.console.print(f"morning report: {self.report_path}", soft_wrap=True)
