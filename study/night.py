@@ -35,13 +35,16 @@ class Plan:
     skip_prepare: bool
     progress: bool
     started: datetime = field(default_factory=datetime.now)
-    window_start: str = "02:00"     # HH:MM: [schedule] start; a demo night's window starts when it does
+    # The scheduled window, HH:MM → HH:MM: [schedule] start → [study] deadline (a demo night
+    # without --deadline: from when it starts to its deadline). study/nights.py.
+    window_start: str = "02:00"
+    window_end: str = "05:00"
     argv: tuple[str, ...] = ()      # the command line, for "what to type" hints
 
     @property
     def night(self) -> Night:
         from study.workers import worker_id
-        return night_of(self.started, self.deadline, self.window_start, worker_id())
+        return night_of(self.started, self.window_start, self.window_end, worker_id())
 
     @property
     def mode_settings(self):
@@ -106,17 +109,18 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None, now: dateti
                           f'"managed" serves the base model from this machine, but [modes.{choice.mode}] '
                           'eval_on = "node" says it is only on the node: use launchd, command or none')
     deadline = next_deadline(deadline_s, now)
-    window_start = settings.schedule.start
+    window = settings.schedule.start, settings.study.deadline
     if settings.is_demo and not getattr(args, "deadline", None):
         # A demo night is a compressed night that starts now, whatever the clock says.
         deadline = now + timedelta(minutes=settings.demo.window_min)
-        window_start = f"{now:%H:%M}"
+        window = f"{now:%H:%M}", f"{deadline:%H:%M}"
     return Plan(
         settings=settings, space=space, council_path=council_path, mode=choice, model=ms.model,
         model_label=label, deadline=deadline,
         max_trials=max_trials or getattr(args, "max_trials", None) or settings.study.max_trials,
         study_name=study_name(settings.study.name_prefix, choice.mode, label),
-        skip_prepare=args.skip_prepare, progress=not args.no_progress, started=now, window_start=window_start,
+        skip_prepare=args.skip_prepare, progress=not args.no_progress,
+        started=now, window_start=window[0], window_end=window[1],
     )
 
 

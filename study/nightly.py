@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.add_argument("--max-trials", type=int, default=None,
                    help="trials in this night, counting every run and worker of the night, not this run alone: "
-                        "a scheduled night ([schedule] start to the deadline) shares one cap; a run started by "
+                        "a scheduled night ([schedule] start to [study] deadline) shares one cap; a run started by "
                         "hand outside that window has a cap of its own (default: [study] max_trials)")
     p.add_argument("--deadline", default=None, metavar="HH:MM",
                    help="local time by which the night is over (default: [study] deadline, 05:00)")

@@ -5,6 +5,12 @@ for one night by every run and worker of it (study/workers.py, user attr `night`
 scheduled night is the window from `[schedule] start` to the deadline; a run started by
 hand outside it (the owner's "run up to 4 experiments now" in the afternoon) is a night
 of its own, so it never takes the scheduled night's trials.
+
+The window is the configured one, `[schedule] start` → `[study] deadline`, whatever a run's
+own `--deadline`: a run at 19:00 with `--deadline 22:00` is a run by hand, not part of
+that morning's night. A scheduled night is keyed by its window's start, so workers whose
+deadlines differ still share it (they need the same `[schedule] start`). A demo night
+without `--deadline` is a window of its own, from when it starts to its deadline.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from study.config import parse_hhmm
+from study.deadline import next_deadline
 
 if TYPE_CHECKING:
     import optuna
@@ -28,28 +35,28 @@ class Night:
     key: str                 # the trials' `night` user attr
     scheduled: bool          # started inside the window, or by hand outside it
     start: datetime          # the window's start (scheduled) or the run's own start (by hand)
-    deadline: datetime
+    end: datetime            # the window's end (the configured deadline)
 
     def describe(self) -> str:
         if self.scheduled:
-            return (f"the night {self.start:%Y-%m-%d %H:%M} → {self.deadline:%H:%M}: its trial cap is "
+            return (f"the night {self.start:%Y-%m-%d %H:%M} → {self.end:%H:%M}: its trial cap is "
                     "shared by every run and worker started in that window")
         return (f"a run by hand (started {self.start:%Y-%m-%d %H:%M}, outside the scheduled window): "
                 "a trial cap of its own; the scheduled night's is untouched")
 
 
-def night_of(started: datetime, deadline: datetime, schedule_start: str, run_id: str) -> Night:
-    """The window is [the last `schedule_start` before the deadline, the deadline). A run
-    started inside it belongs to that night, keyed by the window (a run with another
-    deadline is another night); a run started outside it is keyed by its start and run_id."""
-    h, m = parse_hhmm(schedule_start)
-    window_start = deadline.replace(hour=h, minute=m, second=0, microsecond=0)
-    if window_start >= deadline:
-        window_start -= timedelta(days=1)
-    if window_start <= started < deadline:
-        key = f"{window_start:%Y-%m-%dT%H:%M}/{deadline.isoformat(timespec='seconds')}"
-        return Night(key, True, window_start, deadline)
-    return Night(f"manual/{started.isoformat(timespec='seconds')}/{run_id}", False, started, deadline)
+def night_of(started: datetime, window_start: str, window_end: str, run_id: str) -> Night:
+    """The window (HH:MM → HH:MM) that ends next after `started`; a run started inside it
+    belongs to that night, keyed by the window's start; one started outside it is keyed by
+    its start and run_id (a cap of its own)."""
+    end = next_deadline(window_end, started)
+    h, m = parse_hhmm(window_start)
+    start = end.replace(hour=h, minute=m)
+    if start >= end:
+        start -= timedelta(days=1)
+    if start <= started:
+        return Night(f"{start:%Y-%m-%dT%H:%M}", True, start, end)
+    return Night(f"manual/{started.isoformat(timespec='seconds')}/{run_id}", False, started, end)
 
 
 def rerun_command(argv: Sequence[str], max_trials: int) -> str:
@@ -72,7 +79,7 @@ def cap_taken_line(night: Night, workers: Iterable[str], cap: int, argv: Sequenc
     by = Counter(workers)
     who = ", ".join(f"{w} ran {n}" for w, n in by.most_common())
     taken = sum(by.values())
-    where = (f"the night {night.start:%Y-%m-%d %H:%M}→{night.deadline:%H:%M}" if night.scheduled
+    where = (f"the night {night.start:%Y-%m-%d %H:%M}→{night.end:%H:%M}" if night.scheduled
              else f"this run ({night.start:%H:%M})")
     return (f"nothing to do: {where} has taken {taken} of its {cap} trials ({who}); "
             f"to run {cap} more now: {rerun_command(argv, taken + cap)} (--max-trials counts the whole night)")

@@ -28,18 +28,19 @@ def at(hhmm: str, day: int = 4) -> datetime:
 
 def test_a_run_belongs_to_the_window_it_starts_in():
     from study.nights import night_of
-    afternoon = night_of(at("14:00"), at("05:00", 5), "02:00", "mini:1")
-    scheduled = night_of(at("02:00", 5), at("05:00", 5), "02:00", "mini:2")
+    afternoon = night_of(at("14:00"), "02:00", "05:00", "mini:1")
+    scheduled = night_of(at("02:00", 5), "02:00", "05:00", "mini:2")
     assert not afternoon.scheduled and afternoon.key == "manual/2026-12-04T14:00:00/mini:1"
-    assert scheduled.scheduled and scheduled.key == "2026-12-05T02:00/2026-12-05T05:00:00"
-    # Every worker started in the window shares its key; the window's end is the run's own.
-    assert night_of(at("04:59", 5), at("05:00", 5), "02:00", "studio:7").key == scheduled.key
-    assert night_of(at("05:00", 5), at("05:00", 6), "02:00", "mini:3").scheduled is False
+    assert scheduled.scheduled and scheduled.key == "2026-12-05T02:00"
+    # Every worker started in the window shares its key, whatever its own deadline.
+    assert night_of(at("04:59", 5), "02:00", "05:00", "studio:7").key == scheduled.key
+    assert night_of(at("05:30", 5), "02:00", "06:00", "mbp:8").key == scheduled.key
+    assert night_of(at("05:00", 5), "02:00", "05:00", "mini:3").scheduled is False
     # A window across midnight.
-    late = night_of(at("23:30"), at("05:00", 5), "23:00", "mini:4")
-    assert late.scheduled and late.key == night_of(at("01:00", 5), at("05:00", 5), "23:00", "x:1").key
+    late = night_of(at("23:30"), "23:00", "05:00", "mini:4")
+    assert late.scheduled and late.key == night_of(at("01:00", 5), "23:00", "05:00", "x:1").key == "2026-12-04T23:00"
     # Two runs by hand have a cap each.
-    assert night_of(at("15:00"), at("05:00", 5), "02:00", "mini:5").key != afternoon.key
+    assert night_of(at("15:00"), "02:00", "05:00", "mini:5").key != afternoon.key
 
 
 def test_rerun_command_sets_max_trials_and_keeps_the_rest():
@@ -70,6 +71,9 @@ def test_an_afternoon_run_leaves_the_scheduled_night_its_trials(tmp_path):
     afternoon, scheduled = plan(args, now=at("14:00")), plan(args, now=at("02:00", 5))
     assert afternoon.deadline == scheduled.deadline == at("05:00", 5)     # the same deadline ...
     assert afternoon.night.key != scheduled.night.key                     # ... not the same night
+    # Nor is a run by hand in the evening with a --deadline of its own.
+    evening = plan(night_args(wd, "--max-trials", "2", "--deadline", "22:00"), now=at("19:00", 5))
+    assert not evening.night.scheduled
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = open_study(open_storage(url), STUDY, n_startup_trials=4)
     f = lambda t: t.suggest_float("x", 0, 1)  # noqa: E731
@@ -83,10 +87,11 @@ def test_an_afternoon_run_leaves_the_scheduled_night_its_trials(tmp_path):
 
 
 def window_now(wd_overrides: dict | None = None) -> tuple[dict, str]:
-    """Config overrides that put now inside the scheduled window, and the --deadline to pass."""
+    """Config overrides that put now inside the scheduled window, and its deadline."""
     now = datetime.now()
     start, deadline = (now - timedelta(minutes=10)).strftime("%H:%M"), (now + timedelta(hours=3)).strftime("%H:%M")
-    return {'start = "02:00"': f'start = "{start}"', **(wd_overrides or {})}, deadline
+    return {'start = "02:00"': f'start = "{start}"', 'deadline = "05:00"': f'deadline = "{deadline}"',
+            **(wd_overrides or {})}, deadline
 
 
 def test_a_second_run_in_a_night_whose_trials_are_taken_says_so_and_exits_6(tmp_path):

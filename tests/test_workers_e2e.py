@@ -42,11 +42,13 @@ requires_wiring = pytest.mark.skipif(not _runner_wired(),
 
 
 def worker_dir(tmp: Path, name: str, url: str, shared: Path, demo_assets, extra: dict | None = None) -> Path:
-    # The scheduled window opened 10 minutes ago: every worker started now is in the same night.
+    # The scheduled window opened 10 minutes ago and ends at one_deadline(): every worker
+    # started now is in the same night.
     opened = (datetime.now() - timedelta(minutes=10)).strftime("%H:%M")
     wd = make_workdir(tmp / name, pretrain_s=float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20")),
                       overrides={**FAST, 'storage = "sqlite:///autoresearch.db"': f'storage = "{url}"',
                                  'start = "02:00"': f'start = "{opened}"',
+                                 'deadline = "05:00"': f'deadline = "{one_deadline()}"',
                                  'adapters = "adapters"': f'adapters = "{shared}"', **(extra or {})})
     link_demo_cache(wd, demo_assets)
     return wd
