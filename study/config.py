@@ -191,6 +191,9 @@ class ProposerSettings(_Strict):
     max_tokens: int = Field(300, ge=16)             # one reply
     temperature: float = Field(0.2, ge=0)
     max_rows: int = Field(40, ge=1)                 # trials shown in the brief (the latest, plus the best)
+    # A proposal runs only if the default sampler's model rates it (expected improvement x
+    # P(feasible)) at least this share of its own next pick; 0: every valid proposal runs.
+    screen: float = Field(0.1, ge=0, le=1)
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> "ProposerSettings":

@@ -135,6 +135,20 @@ def check_config(config: dict, space: SearchSpace, mode: str, study: optuna.Stud
     return out
 
 
+def screen(study: optuna.Study, space: SearchSpace, mode: str, params: dict, ratio: float) -> None:
+    """Rejected when the default sampler's own model rates the proposal below `ratio` of
+    the candidate it would pick itself: a model that proposes at random costs the study
+    little more than the time of the question (benchmarks/search_efficiency.py)."""
+    from study.sampler import rate
+    rated = rate(study, space, mode, params)
+    if rated is None:
+        return              # no feasible trial yet: the sampler has no model to judge with
+    mine, pick = rated
+    if mine < ratio * pick:
+        raise Rejected(f"screened out: the study's model rates it {mine:.3g} (expected improvement x "
+                       f"P(feasible)) against {pick:.3g} for its own next pick (screen {ratio:g})")
+
+
 def litellm_complete(settings: Any) -> Complete:
     """Calls the configured model once (no retries: the sampler is the fallback)."""
     from evaluation.llm import Endpoint, complete   # lazy: LiteLLM takes seconds to import
@@ -231,6 +245,8 @@ class Proposer:
                 raise Rejected(f"late: answered after {latency:.1f} s (timeout_s {self.s.timeout_s:g})")
             config, hypothesis = parse_reply(ans.text)
             params = check_config(config, self.space, self.mode, study)
+            if self.s.screen > 0:
+                screen(study, self.space, self.mode, params, self.s.screen)
         except Rejected as exc:
             record["reason"] = self.redact(str(exc))[:300]
             return record, None

@@ -238,21 +238,18 @@ def _uniform(n: int, h: _History, dists: dict[str, BaseDistribution],
             for row in rng.random((n, len(h.names)))]
 
 
-def propose(h: _History, dists: dict[str, BaseDistribution], policy: Policy,
-            rng: np.random.Generator, move: str) -> dict[str, Any]:
-    """The candidate with the best acquisition times P(feasible): moves of one or two
-    parameters from the incumbent (LOCAL), plus uniform draws over the space (GLOBAL)."""
+def _model(h: _History) -> tuple[localgp.GP, float, int]:
+    """The score model, the best posterior mean among feasible trials, and its trial."""
     scored = h.scored()
     gp = localgp.fit(h.x[scored], h.values[scored])
     ok = h.feasible & np.isfinite(h.values)
     mu_ok, _ = gp.predict(h.x[ok])
-    best = float(mu_ok.max())
     incumbent = int(np.flatnonzero(ok)[int(np.argmax(mu_ok))])   # de-noised: the best mean, not the luckiest draw
-    cands = _candidates(incumbent, h, dists, policy, _radius(h, policy), rng)
-    if move == GLOBAL:
-        cands += _uniform(policy.n_candidates, h, dists, rng)
-    if not cands:
-        return {}
+    return gp, float(mu_ok.max()), incumbent
+
+
+def _acquisition(h: _History, dists: dict[str, BaseDistribution], policy: Policy, rng: np.random.Generator,
+                 move: str, gp: localgp.GP, best: float, cands: list[dict[str, Any]]) -> np.ndarray:
     xs = np.array([[_to_unit(dists[n], p[n]) for n in h.names] for p in cands])
     mu, sd = gp.predict(xs)
     if move == LOCAL and policy.local_acquisition == "thompson":
@@ -263,8 +260,36 @@ def propose(h: _History, dists: dict[str, BaseDistribution], policy: Policy,
     p_ok = localgp.feasible_probability(xs, h.x[done], h.constraints[done])
     # A vetoed trial costs a whole slot of the night: only likely-feasible candidates
     # compete, when there are any.
-    acq = acq * p_ok * np.where(p_ok >= policy.min_feasible, 1.0, 1e-6)
-    return cands[int(np.argmax(acq))]
+    return acq * p_ok * np.where(p_ok >= policy.min_feasible, 1.0, 1e-6)
+
+
+def propose(h: _History, dists: dict[str, BaseDistribution], policy: Policy,
+            rng: np.random.Generator, move: str) -> dict[str, Any]:
+    """The candidate with the best acquisition times P(feasible): moves of one or two
+    parameters from the incumbent (LOCAL), plus uniform draws over the space (GLOBAL)."""
+    gp, best, incumbent = _model(h)
+    cands = _candidates(incumbent, h, dists, policy, _radius(h, policy), rng)
+    if move == GLOBAL:
+        cands += _uniform(policy.n_candidates, h, dists, rng)
+    if not cands:
+        return {}
+    return cands[int(np.argmax(_acquisition(h, dists, policy, rng, move, gp, best, cands)))]
+
+
+def rate(study: optuna.Study, space: SearchSpace, mode: str, params: dict[str, Any],
+         policy: Policy = Policy()) -> tuple[float, float] | None:
+    """How this policy's model rates `params` against its own next global pick: (expected
+    improvement x P(feasible) of params, the best of the candidates a global move draws).
+    None while no trial is feasible (no model yet). Deterministic for a given study."""
+    dists = distributions(space, mode)
+    h = _history(study, dists)
+    if not (h.feasible & np.isfinite(h.values)).any():
+        return None
+    rng = np.random.default_rng(len(h.values))
+    gp, best, incumbent = _model(h)
+    pool = _candidates(incumbent, h, dists, policy, _radius(h, policy), rng) + _uniform(policy.n_candidates, h, dists, rng)
+    acq = _acquisition(h, dists, policy, rng, GLOBAL, gp, best, [*pool, params])
+    return float(acq[-1]), float(acq[:-1].max())
 
 
 class CouncilSampler(BaseSampler):

@@ -80,7 +80,7 @@ def stand_in():
 
 def settings(api_base: str, **kw) -> ProposerSettings:
     return ProposerSettings(enabled=True, model="openai/stand-in", api_base=api_base,
-                            **{"share": 1.0, "timeout_s": 20.0, **kw})
+                            **{"share": 1.0, "timeout_s": 20.0, "screen": 0.0, **kw})
 
 
 def toy(trial: optuna.Trial) -> float:
@@ -231,6 +231,20 @@ def test_bad_answers_fall_back_to_the_sampler_with_the_reason(warm_study, stand_
     assert done.system_attrs[MOVE_KEY] in ("local", "global", "model")     # the default sampler chose it
 
 
+def test_the_screen_hands_a_proposal_the_model_rates_low_to_the_sampler(warm_study, stand_in):
+    """screen: the default sampler's own model (EI x P(feasible)) must rate the proposal at
+    least that share of its own next pick. At 1.0 nothing but the sampler's own pick passes."""
+    study, _ = warm_study
+    far = {**GOOD, "LEARNING_RATE": 1e-6, "ITERS": 200, "DATA_MIX_RATIO": 0.9}
+    stand_in.reply, stand_in.delay = json.dumps({"config": far, "hypothesis": "The lowest lr."}), 0
+    proposer_for(settings(stand_in.url, screen=1.0)).before_slot(study, "n2", 4)
+    r = queued(study).user_attrs[PROPOSER]
+    assert r["status"] == FALLBACK and r["reason"].startswith("screened out: the study's model rates it"), r
+    from study.sampler import rate
+    mine, pick = rate(study, SPACE, "proxy", far)
+    assert 0 <= mine < pick
+
+
 def test_a_late_answer_falls_back(warm_study, stand_in):
     study, _ = warm_study
     stand_in.reply, stand_in.delay = json.dumps({"config": GOOD, "hypothesis": "x"}), 4.0
@@ -279,7 +293,7 @@ def test_a_real_mlx_lm_server_answer_is_checked(warm_study, demo_assets, tmp_pat
 
 def _proposer_table(toml: str, api_base: str, key_env: str) -> str:
     table = "\n".join(["[proposer]", "enabled = true", 'model = "openai/stand-in"', f'api_base = "{api_base}"',
-                       f'api_key_env = "{key_env}"', "share = 1.0", "timeout_s = 30", ""])
+                       f'api_key_env = "{key_env}"', "share = 1.0", "timeout_s = 30", "screen = 0.0", ""])
     return re.sub(r"^\[proposer\]\n.*?(?=^\[)", table + "\n", toml, count=1, flags=re.S | re.M)
 
 
