@@ -1,6 +1,6 @@
 """Search efficiency: which policy finds a good, safe adapter in the fewest trials?
 
-    .venv/bin/python benchmarks/search_efficiency.py [--seeds 20] [--trials 40] [--first-seed 2000]
+    .venv/bin/python benchmarks/search_efficiency.py [--seeds 20] [--trials 40] [--first-seed 2000] [--screen 0.5]
 
 Every policy searches the real search space (search_space.yaml, proxy mode) on the
 surrogate Council score of benchmarks/surrogate.py (two variants; its docstring describes
@@ -24,8 +24,11 @@ Policies:
 - hybrid (random proposer) / hybrid (edge proposer): ours with the proposer of
   study/proposer.py (imported: its turns, share 0.3, validation and enqueueing) answered by
   a deliberately bad stand-in instead of a model: a random valid config, or every
-  parameter at one end of its range (BadProposer). The proposer must cost no more than
-  noise even when its model is useless.
+  parameter at one end of its range (StandIn). The proposer must cost no more than
+  noise even when its model is useless;
+- hybrid (informed proposer): the same with a stand-in that knows the surface: the best
+  truly feasible of 300 random valid configs, drawn afresh each time (is a good proposal
+  let through [proposer] screen?).
 
 Per policy and variant, over the seeds: the median of the best TRUE score among truly
 feasible trials after 4, 12 and 40 trials (1, 3 and 10 nights); the trials the median
@@ -51,7 +54,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the project importable
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
-from benchmarks.surrogate import VARIANTS, Outcome, Variant, observe  # noqa: E402
+from benchmarks.surrogate import VARIANTS, Outcome, Variant, observe, true_score, truly_feasible  # noqa: E402
 from study.config import ProposerSettings  # noqa: E402
 from study.proposer import Answer, Proposer  # noqa: E402
 from study.sampler import default_sampler, gp_available  # noqa: E402
@@ -68,8 +71,10 @@ MODE = "proxy"
 # others see the keys objective.py sets.
 CONSTRAINT_KEYS = ("oom", "jailbreak", "regression")
 ALL_CONSTRAINT_KEYS = {"gp"}
-HYBRIDS = {"hybrid (random proposer)": "random", "hybrid (edge proposer)": "edges"}
+HYBRIDS = {"hybrid (random proposer)": "random", "hybrid (edge proposer)": "edges",
+           "hybrid (informed proposer)": "informed"}
 SHARE = 0.3
+SCREEN = [ProposerSettings().screen]     # [proposer] screen; --screen sets it
 
 # The user's hand-made ladder: an lr sweep from the baseline, then single changes at a
 # middle lr (more iterations, a smaller rank, all 48 layers, more synthetic data).
@@ -106,14 +111,15 @@ def objective_for(variant: Variant, seed: int, space: SearchSpace, log: list[Out
     return objective
 
 
-class BadProposer:
-    """A stand-in for the proposer's model that is useless on purpose: it answers (as JSON,
-    as a model would) a random valid config ("random": uniform, log-uniform where the
-    space is log, on each grid) or every parameter at the low or high end of its range
-    ("edges"). It reads nothing of the brief."""
+class StandIn:
+    """A stand-in for the proposer's model, answering as JSON as a model would. Useless on
+    purpose: a random valid config ("random": uniform, log-uniform where the space is log,
+    on each grid) or every parameter at the low or high end of its range ("edges"); or
+    informed ("informed"): the best truly feasible of 300 random configs on the surface.
+    It reads nothing of the brief."""
 
-    def __init__(self, space: SearchSpace, kind: str, seed: int):
-        self.params, self.kind = space.for_mode(MODE), kind
+    def __init__(self, space: SearchSpace, kind: str, seed: int, variant: Variant):
+        self.params, self.kind, self.variant = space.for_mode(MODE), kind, variant
         self.rng = np.random.default_rng([seed, 4242])
 
     def _value(self, p) -> float:
@@ -123,20 +129,28 @@ class BadProposer:
             return p.clamp(math.exp(self.rng.uniform(math.log(p.low), math.log(p.high))))
         return p.clamp(self.rng.uniform(p.low, p.high))
 
+    def _config(self) -> dict:
+        if self.kind != "informed":
+            return {name: self._value(p) for name, p in self.params.items()}
+        draws = [{name: self._value(p) for name, p in self.params.items()} for _ in range(300)]
+        ok = [c for c in draws if truly_feasible(c, self.variant)] or draws
+        return max(ok, key=lambda c: true_score(c, self.variant))
+
     def __call__(self, messages: list[dict]) -> Answer:
-        config = {name: self._value(p) for name, p in self.params.items()}
+        config = self._config()
         return Answer(json.dumps({"config": config, "hypothesis": f"a {self.kind} stand-in"}))
 
 
-def make_proposer(space: SearchSpace, kind: str, seed: int, tally: dict[str, int]) -> Proposer:
+def make_proposer(space: SearchSpace, kind: str, seed: int, variant: Variant, tally: dict[str, int]) -> Proposer:
     """tally counts the proposer's turns: proposals run, and answers that fell back."""
-    settings = ProposerSettings(enabled=True, model=f"stand-in/{kind}", share=SHARE, max_tokens_per_night=10**9)
+    settings = ProposerSettings(enabled=True, model=f"stand-in/{kind}", share=SHARE, max_tokens_per_night=10**9,
+                                screen=SCREEN[0])
 
     def count(line: str) -> None:
         key = "fell back" if "fell back" in line else "proposed"
         tally[key] = tally.get(key, 0) + 1
     return Proposer(settings, space, MODE, program_md=(ROOT / "program.md").read_text(),
-                    complete=BadProposer(space, kind, seed), warm_start_configs=space.warm_start_configs(MODE),
+                    complete=StandIn(space, kind, seed, variant), warm_start_configs=space.warm_start_configs(MODE),
                     echo=count)
 
 
@@ -265,7 +279,7 @@ def run_variant(variant: Variant, seeds: range, n_trials: int, space: SearchSpac
             if only and name not in only and name != "random":
                 continue
             t0 = time.perf_counter()
-            proposer = make_proposer(space, HYBRIDS[name], seed, tallies.setdefault(name, {})) \
+            proposer = make_proposer(space, HYBRIDS[name], seed, variant, tallies.setdefault(name, {})) \
                 if name in HYBRIDS else None
             log = run_user(variant, seed, n_trials, space) if make is None else \
                 run_sampler(make, warm, variant, seed, n_trials, space, name in ALL_CONSTRAINT_KEYS, proposer)
@@ -318,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", choices=sorted(VARIANTS),
                     help="repeatable; default: all")
     ap.add_argument("--policy", action="append", help="repeatable; default: all (random always runs)")
+    ap.add_argument("--screen", type=float, default=SCREEN[0],
+                    help="[proposer] screen for the hybrids (default: autoresearch's default; 0: off)")
     args = ap.parse_args(argv)
+    SCREEN[0] = args.screen
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = load_search_space(ROOT / "search_space.yaml")
     if not gp_available():
