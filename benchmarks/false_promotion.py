@@ -293,7 +293,7 @@ def night_rules(sd: float, prior_sd: float | None = None) -> list:
 
 
 def main_nights(args: argparse.Namespace, sizes: list[float]) -> int:
-    from benchmarks.null_nights import load_null, pooled_report, render_nights, simulate_nights
+    from benchmarks.null_nights import load_null, pooled_report, real_pairs, render_nights, simulate_nights
     t0 = time.perf_counter()
     measured = load_null(Path(args.null_json))
     if args.subsample:
@@ -310,6 +310,10 @@ def main_nights(args: argparse.Namespace, sizes: list[float]) -> int:
     else:
         report = simulate_nights(measured, night_rules(measured.seed_sd), args.sequences, sizes, args.detections,
                                  args.seed, args.bootstrap_samples)
+        report["real_pairs"] = pairs = real_pairs(measured, args.bootstrap_samples)
+        print(f"the {pairs['pairs']} ordered pairs of real seeds: delta sd {pairs['delta_sd']:.4f}, largest "
+              f"{pairs['max_delta']:+.4f}; the case bootstrap gives P(candidate > baseline) >= 0.95 to "
+              f"{pairs['p_ge_095']:.0%} of them (largest P {pairs['max_p']:.3f})")
     report.update(source=str(args.null_json), subsample=args.subsample, simulate_s=round(time.perf_counter() - t0, 1))
     print(render_nights(report, sizes))
     print(f"\n(simulation {report['simulate_s']} s)")

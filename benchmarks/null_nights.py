@@ -278,6 +278,20 @@ def render_nights(report: dict[str, Any], sizes: Sequence[float]) -> str:
     return "\n".join(lines)
 
 
+def real_pairs(null: NullSet, bootstrap_samples: int = 2000) -> dict[str, Any]:
+    """Every ordered pair of real seeds judged as candidate and baseline: how often the case
+    bootstrap alone calls a seed of the same config better (it cannot see seed noise)."""
+    world = World(null, np.random.default_rng(0))
+    j = Judge(world, bootstrap_samples)
+    n = len(null.seeds)
+    whole = [world.adapter(seeds=[s] * len(world.cats)) for s in range(n)]
+    verdicts = [j(whole[b], whole[c]) for b in range(n) for c in range(n) if b != c]
+    return {"pairs": len(verdicts), "max_delta": max(v.delta for v in verdicts),
+            "p_ge_095": sum(v.p_better >= 0.95 for v in verdicts) / len(verdicts),
+            "max_p": max(v.p_better for v in verdicts),
+            "delta_sd": float(np.std([v.delta for v in verdicts]))}
+
+
 def pooled_report(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Several evals' reports as one: rates averaged (equal shares of the sequences), the
     evals' own seed sds listed."""

@@ -166,6 +166,7 @@ def test_cli_with_null_json(tmp_path, capsys):
     assert main(["--null-json", str(path), "--sequences", "2", "--detections", "2", "--bootstrap-samples", "100"]) == 0
     out = capsys.readouterr().out
     assert "| noise bar alpha 0.05, 4 looks |" in out and "10-night sequences promoting" in out
+    assert "the 30 ordered pairs of real seeds" in out
     assert main(["--null-json", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
 

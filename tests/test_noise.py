@@ -62,3 +62,27 @@ def test_bar_numbers():
     assert bar(0.02, 0.05, 1, Noise(0.0, 2, "x")).required_delta == 0.02
     with pytest.raises(ValueError):
         Noise(sd=-1.0, adapters=2, source="x")
+
+
+def _trial(stats):
+    return optuna.trial.create_trial(value=0.5, user_attrs={"stats": stats} if stats is not None else {})
+
+
+def test_report_and_vault_say_what_the_night_could_tell():
+    from study.gate import GateConfig, judge
+    from study.noise import report_lines
+    from study.vault import statistics
+    cases = [{"id": f"c{i}", "split": "dev", "score": 0.0} for i in range(20)]
+    base = {"overall": 0.5, "per_category": {"jailbreak": 0.9}, "per_agent": {}, "cases": cases}
+    cand = {**base, "overall": 0.53}
+    v = judge(cand, base, GateConfig(alpha=0.05, noise_sd=0.01, looks=4, require_p=0.9,
+                                     noise_source="demo prior (10 seeds)"))
+    lines = "\n".join(report_lines([_trial(None), _trial(v.stats())]))
+    need = v.noise["required_delta"]
+    assert "## Noise" in lines and f"**+{need:.3f}**" in lines and "demo prior (10 seeds)" in lines
+    assert f"+{v.noise['detectable']:.3f} passes 80%" in lines and "4 candidate(s)" in lines
+    assert f"Noise bar: delta had to reach +{need:.3f} and P 0.900" in "\n".join(statistics(v.stats()))
+    off = judge(cand, base)
+    text = "\n".join(report_lines([_trial(off.stats())]))
+    assert "noise bar is off" in text
+    assert report_lines([_trial(None)]) == [] and report_lines([]) == []
