@@ -140,3 +140,27 @@ def test_real_nights_a_run_by_hand_then_the_scheduled_run_trains_its_trials(tmp_
     trials = optuna.load_study(study_name=STUDY, storage=scheduled.settings.storage_url()).trials
     nights = [t.user_attrs["night"] for t in trials if t.state.name == "COMPLETE"]
     assert sorted(nights) == sorted([by_hand.night.key, scheduled.night.key])
+
+
+def test_a_night_takes_the_openblas_route_before_its_preflight_imports_mlx(tmp_path):
+    """Preflight reads through the eval harness, which imports mlx; the OpenBLAS route
+    (common/fastblas.py) no longer takes after that import, and a whole night once ran on
+    the reference BLAS. A night that stops before training (its trials taken) shows it."""
+    from study.night import plan
+    from study.storage import open_storage, open_study
+    from study.workers import run_night
+    overrides, deadline = window_now()
+    wd = make_workdir(tmp_path / "wd", overrides=overrides)
+    args = ["--config", str(wd / "autoresearch.toml"), "--demo", "--no-progress", "--max-trials", "1",
+            "--deadline", deadline]
+    p = plan(night_args(wd, *args[2:]))
+    url = p.settings.storage_url()
+    run_night(open_study(open_storage(url), p.study_name, n_startup_trials=4), url, p.night.key, 1,
+              lambda t: t.suggest_float("x", 0, 1))
+    probe = "import sys; from common import fastblas; print(fastblas.enable())"
+    night = ("import sys; from study import nightly; rc = nightly.main(sys.argv[1:]); "
+             "from common import fastblas; print(fastblas.enable()); sys.exit(rc)")
+    alone = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", night, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == EXIT_CAP_REACHED, out.stderr
+    assert out.stdout.split() == alone.stdout.split(), (out.stdout, alone.stdout)   # True on Linux x86_64
