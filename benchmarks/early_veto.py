@@ -128,7 +128,8 @@ def run_one(model: Path, council: Path, spec, plan, max_tokens: int, number, nig
                                                                           "learning_rate", "iters", "grad_accum")},
            "history": cb.history, "floors": cb.floors, "train_s": round(train_s, 1), "eval_s": round(time.time() - t0, 1),
            "loop_s": res.elapsed_s, "iters_done": res.iters_done, "stopped_by": res.stopped_by,
-           "spec": {"iters": spec.iters, "val_every": spec.val_every, "budget_s": spec.budget_s, "every": plan.every},
+           "spec": {"iters": spec.iters, "val_every": spec.val_every, "budget_s": spec.budget_s, "every": plan.every,
+                    "max_checks": plan.max_checks},
            "jailbreak": ev["per_category"].get("jailbreak"), "overall": ev["overall"], "night_veto": night_veto}
     print(f"  trial {number} to the end: jailbreak {row['jailbreak']:.3f}, checks "
           + ", ".join(f"{h['step']}:{h['groups']['jailbreak']['mean']:.3f}" for h in cb.history)
@@ -188,7 +189,8 @@ def veto_step(row: dict, check_floor: float) -> tuple[int | None, object]:
     from study.veto import VetoRule, checks_left, decide
     spec = SimpleNamespace(**row["spec"])
     for k in range(1, len(row["history"]) + 1):
-        left = checks_left(spec, row["history"][k - 1], {"every": row["spec"]["every"]})
+        left = checks_left(spec, row["history"][k - 1], {"every": row["spec"]["every"],
+                                                         "max_checks": row["spec"].get("max_checks", 10 ** 9)})
         v = decide(row["history"][:k], {"jailbreak": check_floor}, VetoRule(), left)
         if v is not None:
             return v.step, v

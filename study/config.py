@@ -62,6 +62,7 @@ class EarlyVetoSettings(_Strict):
     enabled: bool = True                # false: no checks at all (no cost, no early veto)
     every: int = Field(1, ge=1)         # check every k-th validation ([train] val_every steps apart)
     from_step: int = Field(1, ge=0)     # no check before this step
+    max_checks: int = Field(8, ge=2)    # at most this many a run: `every` grows for long runs
     regression: Literal["off", "weakest", "all"] = "off"   # per agent: no check, its weakest category, all
     z: float = Field(1.645, gt=0)       # one-sided upper bound: 1.645 = 95 %
     min_checks: int = Field(2, ge=1)    # checkpoints needed before a veto (a trend needs two)

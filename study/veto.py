@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import train_core
 from common.council import load_council
+from train_core.checks import effective_every
 from study.gate import VETO_JAILBREAK, VETO_REGRESSION
 
 JAILBREAK_GROUP = "jailbreak"
@@ -218,7 +219,7 @@ def checks_left(spec: Any, result: dict[str, Any], checks: dict[str, Any]) -> fl
     steps_left = spec.iters - step
     if step > 0 and elapsed > 0:
         steps_left = min(steps_left, (spec.budget_s - elapsed) * step / elapsed)
-    return max(0.0, steps_left) / (spec.val_every * max(1, int(checks.get("every", 1))))
+    return max(0.0, steps_left) / (spec.val_every * effective_every(checks, spec.iters, spec.val_every))
 
 
 def summary(check: dict[str, Any], floors: dict[str, float], rule: VetoRule) -> dict[str, Any]:
@@ -243,13 +244,15 @@ class EarlyVetoPlan:
     regression: str = "off"
     every: int = 1
     from_step: int = 1
+    max_checks: int = 8
     rule: VetoRule = field(default_factory=VetoRule)
     enabled: bool = True        # False: checks are scored and recorded, nothing is stopped
 
     def for_trial(self, trial: Any, log: Callable[[Any, str], None]) -> EarlyVeto:
         cases, floors = build_checks(self.suite_dir, self.council_path, self.jailbreak_floor, self.regression,
                                      self.baseline() if self.regression != "off" else None, self.regression_cap)
-        checks = {"cases": cases, "every": self.every, "from_step": self.from_step} if cases else {}
+        checks = ({"cases": cases, "every": self.every, "from_step": self.from_step, "max_checks": self.max_checks}
+                  if cases else {})
         return EarlyVeto(trial, checks, floors, self.rule, log, self.enabled)
 
 
@@ -262,4 +265,5 @@ def early_veto_plan(settings: Any, council_path: Path, baseline: Callable[[], di
     return EarlyVetoPlan(suite_dir=Path(DEFAULT_SUITE_DIR), council_path=Path(council_path),
                          jailbreak_floor=settings.gate.jailbreak_floor, regression_cap=settings.gate.regression_cap,
                          baseline=baseline, regression=e.regression, every=e.every, from_step=e.from_step,
+                         max_checks=e.max_checks,
                          rule=VetoRule(z=e.z, min_checks=e.min_checks, trend_window=e.trend_window))

@@ -65,8 +65,16 @@ def test_a_rise_too_slow_to_reach_the_floor_by_the_end_is_not_rising_enough():
 def test_checks_left_follow_the_iterations_or_the_budget_whichever_ends_first():
     from study.veto import checks_left
     spec = SimpleNamespace(iters=120, val_every=10, budget_s=60.0)
-    assert checks_left(spec, {"step": 20, "elapsed_s": 5.0}, {"every": 1}) == 10      # iterations
-    assert checks_left(spec, {"step": 20, "elapsed_s": 30.0}, {"every": 2}) == 1      # budget: 20 steps left
+    assert checks_left(spec, {"step": 20, "elapsed_s": 5.0}, {"max_checks": 12}) == 10   # iterations
+    assert checks_left(spec, {"step": 20, "elapsed_s": 30.0}, {"every": 2}) == 1         # budget: 20 steps left
+
+
+def test_a_long_run_gets_at_most_max_checks():
+    from train_core.checks import effective_every
+    assert effective_every({}, 800, 25) == 4              # a real night: 32 validations -> 8 checks
+    assert effective_every({}, 120, 25) == 1              # the demo: 4 validations, all checked
+    assert effective_every({"every": 3}, 120, 25) == 3
+    assert effective_every({"max_checks": 2}, 120, 25) == 3
 
 
 def test_trend_is_fitted_over_the_latest_checkpoints_only():

@@ -11,6 +11,7 @@ TrainSpec.checks (an empty dict: no checks):
   {"cases": [{"id", "group", "messages": [{role, content}...], "choices": [str...], "answer": int}],
                         group: a name or a list of names (a case may count in several)
    "every": k,          score at every k-th validation (default 1: all of them)
+   "max_checks": m,     at most m checks in the run (default 8): `every` grows for long runs
    "from_step": s,      not before this step (default 1: the untrained step 0 says nothing)
    "batch_size": b}     choices per forward (default 32)
 
@@ -26,7 +27,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-CHECK_DEFAULTS = {"every": 1, "from_step": 1, "batch_size": 32}
+CHECK_DEFAULTS = {"every": 1, "from_step": 1, "batch_size": 32, "max_checks": 8}
 _CASE_KEYS = ("id", "group", "messages", "choices", "answer")
 
 
@@ -73,12 +74,21 @@ def _group_names(group: Any) -> list[str]:
     return names if names and all(isinstance(g, str) and g for g in names) else []
 
 
+def effective_every(checks: dict[str, Any], iters: int, val_every: int) -> int:
+    """Every how many validations a check runs: `every`, raised so that a long run (a real
+    night validates 30-odd times) gets at most `max_checks` checks; each costs seconds."""
+    every = int(checks.get("every", CHECK_DEFAULTS["every"]))
+    validations = max(1, (iters - int(checks.get("from_step", CHECK_DEFAULTS["from_step"]))) // val_every + 1)
+    cap = int(checks.get("max_checks", CHECK_DEFAULTS["max_checks"]))
+    return max(every, -(-validations // cap))
+
+
 class Checker:
     """Scores the spec's cases on the model in training; tokenised once, at the start."""
 
-    def __init__(self, checks: dict[str, Any]):
+    def __init__(self, checks: dict[str, Any], iters: int, val_every: int):
         self.cases: list[dict[str, Any]] = list(checks["cases"])
-        self.every = int(checks.get("every", CHECK_DEFAULTS["every"]))
+        self.every = effective_every(checks, iters, val_every)
         self.from_step = int(checks.get("from_step", CHECK_DEFAULTS["from_step"]))
         self.batch_size = int(checks.get("batch_size", CHECK_DEFAULTS["batch_size"]))
         self._validations = 0

@@ -174,7 +174,7 @@ class _Run:
         ctx = self.ctx = TrainContext(spec=spec, model=model, tokenizer=tokenizer,
                                       num_layers_effective=self.layers_effective, trainable_params=trainable,
                                       final_val_ratio=padded_tokens(val_all) / max(1, padded_tokens(val_subset)))
-        checker = Checker(spec.checks) if spec.checks else None
+        checker = Checker(spec.checks, spec.iters, spec.val_every) if spec.checks else None
         if checker is not None:
             checker.prepare(tokenizer)
             ctx.check_due = checker.due
