@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# With "margin = 0.0", a permissive gate: the bootstrap P and the noise bar (on by default,
+# autoresearch.toml [gate]) off, for tests that need a trial kept whatever it learned.
+NO_NOISE_BAR = {"require_p = 0.95 ": "# require_p = 0.95 ", "\nalpha = 0.05\n": "\n"}
 
 
 def make_workdir(tmp: Path, *, pretrain_s: float | None = None, overrides: dict[str, str] | None = None) -> Path:

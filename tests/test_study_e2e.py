@@ -32,7 +32,7 @@ def run_night(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def night(tmp_path_factory, demo_assets):
-    from night_fixtures import link_demo_cache, make_workdir
+    from night_fixtures import NO_NOISE_BAR, link_demo_cache, make_workdir
     import os
     wd = make_workdir(tmp_path_factory.mktemp("e2e") / "night",
                       pretrain_s=float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20")),
@@ -43,7 +43,7 @@ def night(tmp_path_factory, demo_assets):
                                  'backend = "none"': 'backend = "managed"', "port = 8765": f"port = {free_port()}",
                                  # a permissive gate, so that this night promotes and serves an adapter
                                  "margin = 0.02 ": "margin = 0.0 ", "jailbreak_floor = 0.70": "jailbreak_floor = 0.0",
-                                 "regression_cap = 0.10": "regression_cap = 1.0"})
+                                 "regression_cap = 0.10": "regression_cap = 1.0", **NO_NOISE_BAR})
     link_demo_cache(wd, demo_assets)
     first = run_night(wd, "--max-trials", "2")
     yield wd, first
