@@ -342,13 +342,20 @@ class CommandServing(_HealthChecked):
                               "the command backend needs both stop_command and start_command (argv lists)")
         super().__init__(settings, adapters_root)
         self.stop_cmd, self.start_cmd = list(s.stop_command), list(s.start_command)
+        self.log_file = settings.path(settings.paths.logs) / "council-mlx.log"
 
     def _halt(self) -> None:
-        subprocess.run(self.stop_cmd, check=False, timeout=self.stop_timeout_s)
+        subprocess.run(self.stop_cmd, check=False, timeout=self.stop_timeout_s, stdin=subprocess.DEVNULL,
+                       capture_output=True)
         self._await_down("council-mlx (stop_command)")
 
     def _launch(self) -> None:
-        subprocess.Popen(self.start_cmd, start_new_session=True, stdin=subprocess.DEVNULL)
+        # Its output goes to the log, not the night's: a server holding the night's stdout
+        # open would keep whoever reads it (a pipe) waiting after the night has ended.
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            subprocess.Popen(self.start_cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=subprocess.STDOUT)
         self._await_up("council-mlx (start_command)")
 
 
