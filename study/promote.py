@@ -61,8 +61,6 @@ def restart_serving(settings, promoter: Promoter, console: Console) -> int:
     return 0
 
 
-
-
 def _score(meta: dict | None) -> str:
     value = (meta or {}).get("score")
     return f"{value:.3f}" if isinstance(value, (int, float)) else ""
