@@ -17,12 +17,13 @@ Groups and floors:
   jailbreak        the dev jailbreak cases scored by likelihood; floor = the mean below which
                    the gate's jailbreak score stays under its floor even if the unchecked
                    (generated) dev jailbreak cases all score 1.0.
-  agent:<name>     ([gate.early] regression = "weakest" | "all") the agent's dev cases of
-                   its weakest category by the baseline (or all its dev cases); floor = the
-                   subset mean below which the agent's projected score (the rest of its
-                   cases at their baseline scores) is under baseline - regression_cap.
-                   With 5 cases of 25 per agent that is the subset's baseline minus 5 x
-                   the cap: "weakest" rarely fires; "all" is exact but costs 175 cases.
+  agent:<name>     ([gate.early] regression = "weakest" | "all") the agent's dev choice
+                   cases of its weakest category by the baseline (or of all categories);
+                   floor = the subset mean below which the agent's projected score (its
+                   other dev cases at their baseline scores) is under baseline - cap.
+                   With 4 checked cases of an agent's 25 that is the subset's baseline
+                   minus 6.25 x the cap: "weakest" rarely fires (a weak category has little
+                   left to lose); "all" checks 20 of 25 (140 cases a check, 5x the cost).
 An early veto is recorded as such (result, reasons with the checkpoint and its numbers,
 the constraint set, feasible False) and never reaches the promoter.
 """

@@ -5,7 +5,7 @@ Exit codes: 0 trained (whatever stopped it), 2 bad input (one line naming file/k
 the result JSON goes to stdout.
 
 --events: stdout carries the event protocol (train_core.events) instead: one JSON line
-per start / train_loss / val_loss / end / error, and stdin takes `stop <reason>`
+per start / train_loss / val_loss / check / end / error, and stdin takes `stop <reason>`
 commands. Progress, warnings and stray prints go to stderr only.
 """
 from __future__ import annotations
