@@ -1,6 +1,6 @@
-"""`python -m study.promote --list | --rollback [--adapters DIR] [--config F] [--demo]`:
-inspect or undo promotions. A rollback restarts serving ([serving] of the config) and
-probes that it answers as the new current's eval recorded (exit 5 if not)."""
+"""`python -m study.promote --list | --rollback | --use ID [--adapters DIR] [--config F] [--demo]`:
+inspect, undo or repair promotions. A change of current restarts serving ([serving] of the
+config) and probes that it answers as the new current's eval recorded (exit 5 if not)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--list", action="store_true", help="show promoted adapters; * marks current")
     action.add_argument("--rollback", action="store_true", help="repoint current to the adapter before it")
+    action.add_argument("--use", metavar="ID", help="point current at an adapter already in promoted/ "
+                                                    "(repairs a current whose folder was deleted)")
     p.add_argument("--adapters", type=Path, default=None,
                    help="adapters root (default: [paths] adapters of --config, else adapters)")
     p.add_argument("--config", type=Path, default=None,
@@ -93,6 +95,10 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         promoter = Promoter(root)
         if args.list:
             render_list(promoter, console)
+        elif args.use:
+            path = promoter.promote(promoter.promoted / args.use, args.use, meta={"via": "study.promote --use"})
+            console.print(f"current: {promoter.current_id()} ({path})", soft_wrap=True)
+            return restart_serving(settings, promoter, console) if settings else 0
         else:
             before = promoter.current_id()
             path = promoter.rollback(to_base=True)

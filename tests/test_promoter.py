@@ -274,3 +274,16 @@ def test_cli_runs_as_module(promoter, src):
     assert "exp-a" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "study.promote"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2
+
+
+def test_cli_use_repairs_a_dangling_current(promoter, src, capsys):
+    promoter.promote(src["a"], "exp-a")
+    promoter.promote(src["b"], "exp-b")
+    shutil.rmtree(promoter.promoted / "exp-b")          # current now dangles
+    rc, out, _ = cli(["--use", "exp-a", "--adapters", str(promoter.root)], capsys)
+    assert rc == 0 and "current: exp-a" in out
+    assert promoter.current_id() == "exp-a"
+    assert (promoter.root / "current" / "adapters.safetensors").read_bytes() == \
+        (src["a"] / "adapters.safetensors").read_bytes()
+    rc, _, err = cli(["--use", "exp-zzz", "--adapters", str(promoter.root)], capsys)
+    assert rc == 2 and err.count("\n") == 1 and promoter.current_id() == "exp-a"
