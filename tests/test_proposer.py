@@ -349,3 +349,24 @@ def test_a_demo_night_runs_the_proposal_and_writes_no_key(tmp_path, demo_assets,
     assert len(written) > 20
     leaks = [p for p in written if key.encode() in p.read_bytes()]
     assert not leaks, leaks
+
+
+def test_bad_proposer_settings_are_config_errors(tmp_path, monkeypatch):
+    from common.errors import ConfigError
+    from study.config import load_settings
+    from study.proposer import make_proposer
+    from night_fixtures import make_workdir
+    wd = make_workdir(tmp_path / "wd")
+    toml = wd / "autoresearch.toml"
+    toml.write_text(_proposer_table(toml.read_text(), "http://127.0.0.1:9/v1", "NO_SUCH_PROPOSER_KEY")
+                    .replace('model = "openai/stand-in"\n', ""))
+    with pytest.raises(ConfigError, match="proposer: enabled = true needs a model"):
+        load_settings(toml)
+    toml.write_text(_proposer_table(toml.read_text(), "http://127.0.0.1:9/v1", "NO_SUCH_PROPOSER_KEY"))
+    monkeypatch.delenv("NO_SUCH_PROPOSER_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"autoresearch.toml: proposer.api_key_env: environment variable "
+                                          r"NO_SUCH_PROPOSER_KEY is not set"):
+        make_proposer(load_settings(toml), SPACE, "proxy")
+    toml.write_text(toml.read_text().replace("share = 1.0", "share = 1.5"))
+    with pytest.raises(ConfigError, match="proposer.share"):
+        load_settings(toml)
