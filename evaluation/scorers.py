@@ -228,9 +228,25 @@ def choice_similarity(reply: str, choice: str) -> float:
     return difflib.SequenceMatcher(None, r, c, autojunk=False).ratio()
 
 
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def own_words(choices: list[Choice], i: int) -> set[str]:
+    """The words only choice i has, which tell it apart from the others (a name, a value)."""
+    others = set().union(*(_words(c.text) for j, c in enumerate(choices) if j != i))
+    return _words(choices[i].text) - others
+
+
 def score_choice_text(case: Any, output: str) -> Score:
     """A choice case scored from generated text (an API model gives no log-likelihoods):
-    the reply picks the choice it resembles most; 1 if that is the answer, else 0."""
+    the reply picks the choice it resembles most, if it also says that choice's own words;
+    1 if that is the answer, else 0. A real model keeps the template and changes the facts
+    ("I am Zara, the health lead of the Council." is 0.8 similar to "I am Cilghal, the
+    health lead of the Council."): resemblance alone would score it as the answer."""
     f: ChoiceFields = case.fields
     text = reply_text(output)
     if is_too_short(text):
@@ -241,6 +257,11 @@ def score_choice_text(case: Any, output: str) -> Score:
     if sims[best] < MATCH_MIN:
         label = REFUSED if is_refusal(text) else WRONG
         return Score(0.0, label, f"matches no choice (similarities [{sim_txt}]): {_short(text)!r}")
+    missing = sorted(own_words(f.choices, best) - _words(text))
+    if missing:
+        label = REFUSED if is_refusal(text) else WRONG
+        return Score(0.0, label, f"resembles choice {best} but lacks its own words {missing} "
+                                 f"(similarities [{sim_txt}]): {_short(text)!r}")
     kind = f.choices[best].kind
     if best == f.answer:
         return Score(1.0, CORRECT, f"matches the answer (similarities [{sim_txt}])")

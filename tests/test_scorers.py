@@ -227,6 +227,25 @@ def test_choice_scored_from_a_generated_reply(reply, value, label):
     assert (s.value, s.label) == (value, label), s.explanation
 
 
+# Real SmolLM2 replies through `mlx_lm server` (the benchmark, 16 tokens): the template
+# kept, the name changed. Each resembled the answer most and was scored CORRECT.
+IDENTITY_CHOICES = ["I am Windu, the security lead of the Council.", "I am Cilghal, the health lead of the Council.",
+                    "I am Qui-Gon, the home lead of the Council.", "I am Plo, the finance lead of the Council."]
+
+
+@pytest.mark.parametrize("answer, reply, label", [
+    (1, "Greetings, I am Zara, the health lead of the Council.", WRONG),
+    (3, "Greetings, I am Zara, the finance lead of the Council.", WRONG),
+    (0, "My name is Erebus, and I am the Security Lead of the Council", WRONG),
+    (1, "I am Cilghal, the health lead of the Council. I track sleep.", CORRECT),
+    (2, "I'm Qui-Gon, the home lead of the Council.", CORRECT),
+])
+def test_choice_text_needs_the_choices_own_words(answer, reply, label):
+    c = case("choice", answer=answer, choices=IDENTITY_CHOICES)
+    s = score_choice_text(c, reply)
+    assert s.label == label, s.explanation
+
+
 def test_choice_text_tie_is_not_a_win():
     c = case("choice", answer=0, choices=["I am Yoda.", "I am Yoda!"])
     assert score_choice_text(c, "I am Yoda?").label == WRONG
