@@ -31,16 +31,17 @@ def health(port: int, path: str = "/health") -> bool:
 
 
 @contextlib.contextmanager
-def mlx_server(model_dir, log: Path, timeout_s: float = 90) -> Iterator[str]:
-    """A real `mlx_lm server` for model_dir on a free loopback port; yields its /v1 URL and
-    stops it by its PID. HF_HUB_CACHE must name an existing folder (stays empty: no downloads)."""
+def mlx_server(model_dir, log: Path, timeout_s: float = 90, adapter: Path | None = None) -> Iterator[str]:
+    """A real `mlx_lm server` for model_dir (+ adapter) on a free loopback port; yields its /v1
+    URL and stops it by its PID. HF_HUB_CACHE must name an existing folder (stays empty: no downloads)."""
     port = free_port()
     hf_cache = log.parent / "hf-hub"
     hf_cache.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_CACHE=str(hf_cache), HF_HUB_OFFLINE="1")
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir),
-                                 "--host", "127.0.0.1", "--port", str(port)],
+                                 "--host", "127.0.0.1", "--port", str(port)]
+                                + (["--adapter-path", str(adapter)] if adapter else []),
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + timeout_s
