@@ -52,8 +52,9 @@ class Plan:
 
     @property
     def is_demo_model(self) -> bool:
-        """A model the demo builds itself ([demo] model): the tiny one or SmolLM2."""
-        return self.settings.is_demo and self.model == self.settings.demo.model
+        """A model the demo builds itself: [demo] model under --demo (the tiny one or
+        SmolLM2), or "demo" named as a mode's model."""
+        return self.model == (self.settings.demo.model if self.settings.is_demo else "demo")
 
     @property
     def adapters_root(self) -> Path:
