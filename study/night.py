@@ -40,10 +40,16 @@ class Plan:
     window_start: str = "02:00"
     window_end: str = "05:00"
     argv: tuple[str, ...] = ()      # the command line, for "what to type" hints
+    # A demo without --deadline: each run is a night of its own, however close two runs
+    # start (a window keyed by HH:MM would join a rerun to the run a kill ended that minute).
+    own_window: bool = False
 
     @property
     def night(self) -> Night:
         from study.workers import worker_id
+        if self.own_window:
+            return Night(f"manual/{self.started.isoformat(timespec='seconds')}/{worker_id()}", False,
+                         self.started, self.deadline)
         return night_of(self.started, self.window_start, self.window_end, worker_id())
 
     @property
@@ -111,7 +117,8 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None, now: dateti
                           'eval_on = "node" says it is only on the node: use launchd, command or none')
     deadline = next_deadline(deadline_s, now)
     window = settings.schedule.start, settings.study.deadline
-    if settings.is_demo and not getattr(args, "deadline", None):
+    own_window = settings.is_demo and not getattr(args, "deadline", None)
+    if own_window:
         # A demo night is a compressed night that starts now, whatever the clock says.
         deadline = now + timedelta(minutes=settings.demo.window_min)
         window = f"{now:%H:%M}", f"{deadline:%H:%M}"
@@ -121,7 +128,7 @@ def plan(args: argparse.Namespace, *, max_trials: int | None = None, now: dateti
         max_trials=max_trials or getattr(args, "max_trials", None) or settings.study.max_trials,
         study_name=study_name(settings.study.name_prefix, choice.mode, label),
         skip_prepare=args.skip_prepare, progress=not args.no_progress,
-        started=now, window_start=window[0], window_end=window[1],
+        started=now, window_start=window[0], window_end=window[1], own_window=own_window,
     )
 
 

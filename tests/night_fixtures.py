@@ -6,8 +6,10 @@ session's demo cache, so it is built once per test run.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,12 @@ def demo_workdir(tmp_path, demo_assets) -> Path:
     wd = make_workdir(tmp_path / "night", pretrain_s=pretrain)
     link_demo_cache(wd, demo_assets)
     return wd
+
+
+def stop_managed(wd: Path) -> None:
+    """The council-mlx server a night left up (that is its job), stopped by the PID it recorded."""
+    try:
+        pid = int(json.loads((wd / "cache" / "council-mlx.pid").read_text())["pid"])
+        os.kill(pid, signal.SIGTERM)
+    except (FileNotFoundError, ValueError, KeyError, TypeError, ProcessLookupError):
+        pass

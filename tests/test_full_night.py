@@ -10,9 +10,7 @@ trial runs in proxy mode on this machine.
 from __future__ import annotations
 
 import csv
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from night_fixtures import make_workdir
+from night_fixtures import make_workdir, stop_managed
 from sshd_node import SshNode, free_port, have_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,9 +119,4 @@ def test_a_full_night_loses_its_node_and_ends_in_proxy(tmp_path, demo_assets):
             log = (wd / "logs" / "council-mlx.log").read_text()
             assert log.count("--- council-autoresearch: stopped") >= 3
         finally:
-            pid_file = wd / "cache" / "council-mlx.pid"
-            if pid_file.exists():
-                try:
-                    os.kill(int(pid_file.read_text()), signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            stop_managed(wd)

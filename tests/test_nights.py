@@ -164,3 +164,15 @@ def test_a_night_takes_the_openblas_route_before_its_preflight_imports_mlx(tmp_p
     out = subprocess.run([sys.executable, "-c", night, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == EXIT_CAP_REACHED, out.stderr
     assert out.stdout.split() == alone.stdout.split(), (out.stdout, alone.stdout)   # True on Linux x86_64
+
+
+def test_two_demo_runs_in_one_minute_are_two_nights(tmp_path):
+    """A demo without --deadline is a night of its own per run: a rerun right after a
+    killed run (the same HH:MM) gets its own cap, not the killed run's taken one."""
+    from study.night import plan
+    wd = make_workdir(tmp_path / "wd")
+    t0 = datetime(2026, 12, 5, 20, 36, 5)
+    first = plan(night_args(wd, "--demo"), now=t0).night
+    rerun = plan(night_args(wd, "--demo"), now=t0 + timedelta(seconds=40)).night
+    assert first.key != rerun.key and not first.scheduled
+    assert plan(night_args(wd, "--demo"), now=t0).night.key == first.key      # the same run, the same night

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import optuna
 import pytest
 
 from netutil import free_port, health
-from night_fixtures import NO_NOISE_BAR, link_demo_cache, make_workdir
+from night_fixtures import NO_NOISE_BAR, link_demo_cache, make_workdir, stop_managed
 from study.probe import Probe, normalise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,15 +50,6 @@ def nightly(wd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "study.nightly", "--config", str(wd / "autoresearch.toml"),
                            "--no-progress", "--max-trials", "1", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
-
-
-def stop_managed(wd: Path) -> None:
-    """The server the night left up, stopped by the PID it recorded."""
-    try:
-        pid = json.loads((wd / "cache" / "council-mlx.pid").read_text())["pid"]
-        os.kill(pid, signal.SIGTERM)
-    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError):
-        pass
 
 
 def generate(model: Path, msgs: list[dict], adapter: Path | None) -> str:
@@ -175,19 +165,21 @@ def test_a_restart_that_fails_keeps_the_trials_verdict_and_ends_the_night_with_e
                               "--demo", "--no-progress", "--max-trials", "2"], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     squatter = socket.socket()
+    # SO_REUSEADDR: the server just closed leaves TIME_WAIT sockets on the port, as its own
+    # restart would; binding still fails while anything listens there.
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        was_up = False
-        while night.poll() is None:          # up after the base eval, then down for trial 0
-            up = health(port)
-            if was_up and not up:
+        bound = False
+        while night.poll() is None and not bound:   # trial 0 underway: serving is down until it ends
+            if (wd / "adapters-experimental").is_dir() and not health(port):
                 try:
                     squatter.bind(("127.0.0.1", port))
                     squatter.listen()
-                    break
+                    bound = True
                 except OSError:              # the server is still letting the port go
                     pass
-            was_up = was_up or up
             time.sleep(0.05)
+        assert bound, "the night ended before its first trial stopped serving"
         out, err = night.communicate(timeout=900)
         assert night.returncode == 5, out[-3000:] + err[-3000:]
         assert "error: serving:" in err and "not ours" in err

@@ -5,8 +5,6 @@ replies, float32 LoRA on CPU), with budgets cut so it takes a few minutes on 2 c
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,20 +13,10 @@ import pandas as pd
 import pytest
 
 from netutil import free_port
-from night_fixtures import link_demo_cache, make_workdir
+from night_fixtures import link_demo_cache, make_workdir, stop_managed
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def stop_left_server(pid_file: Path) -> None:
-    """The server the night leaves up (that is its job), stopped by the PID it recorded."""
-    if pid_file.is_file():
-        pid = json.loads(pid_file.read_text())["pid"]
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 def test_one_trial_smollm2_night(tmp_path, smollm2_assets):
@@ -44,7 +32,7 @@ def test_one_trial_smollm2_night(tmp_path, smollm2_assets):
                                "--demo", "--demo-model", "smollm2", "--no-progress", "--max-trials", "1"],
                               cwd=ROOT, capture_output=True, text=True, timeout=1200)
     finally:
-        stop_left_server(wd / "cache" / "council-mlx.pid")
+        stop_managed(wd)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = pd.read_csv(wd / "results.tsv", sep="\t")
     assert len(rows) == 1

@@ -187,7 +187,9 @@ def set_budget(wd: Path, budget_s: float) -> None:
     """Change the demo's training budget between two nights of one workdir."""
     import re
     cfg = wd / "autoresearch.toml"
-    text, n = re.subn(r"(?m)^(\[demo\][^\[]*?^budget_s = )[0-9.]+$", rf"\g<1>{budget_s:g}", cfg.read_text())
+    # The [demo] table's own line: its lines up to the next header (comments may hold "[...]").
+    text, n = re.subn(r"(?m)^(\[demo\]\n(?:(?!\[)[^\n]*\n)*?budget_s = )[0-9.]+$", rf"\g<1>{budget_s:g}",
+                      cfg.read_text())
     assert n == 1
     cfg.write_text(text)
 

@@ -85,7 +85,7 @@ class Paused:
         self.events = []
 
     @contextlib.contextmanager
-    def __call__(self):
+    def __call__(self, trial=None):
         self.events.append("stop")
         try:
             yield
