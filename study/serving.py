@@ -143,6 +143,9 @@ class _HealthChecked(Serving):
         self._halt()
         self.served_file.unlink(missing_ok=True)
 
+    # The hooks of the backends whose process we do not own (launchd, command): they start
+    # and stop it through the owner's own tool. ManagedServing owns its process and
+    # replaces start()/stop() whole, so it never reaches these.
     def _launch(self) -> None:
         raise NotImplementedError
 
