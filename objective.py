@@ -43,6 +43,7 @@ class TrialContext:
     gate: GateConfig = field(default_factory=GateConfig)
     train_defaults: dict[str, Any] = field(default_factory=dict)
     iters_scale: float = 1.0
+    lr_scale: float = 1.0                          # the trained lr is LEARNING_RATE x this ([train] lr_scale)
     eval_max_tokens: int = 32
     eval_seed: int = 0
     prune: bool = True
@@ -133,7 +134,7 @@ def train_spec(params: dict[str, Any], ctx: TrialContext, data_dir: Path, adapte
         lora_rank=int(params["LORA_RANK"]),
         lora_alpha=float(params["LORA_ALPHA"]),
         dropout=float(params["DROPOUT"]),
-        learning_rate=float(params["LEARNING_RATE"]),
+        learning_rate=float(params["LEARNING_RATE"]) * ctx.lr_scale,
         # A scaled-down ITERS (the demo) must still allow one optimizer update.
         iters=max(int(params["GRAD_ACCUM"]), int(round(params["ITERS"] * ctx.iters_scale))),
         grad_accum=int(params["GRAD_ACCUM"]),
@@ -202,7 +203,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> float:
                            f"train loss {result.train_loss}, val loss {result.val_loss}")
             for k, v in {"train_loss": result.train_loss, "val_loss": result.val_loss,
                          "train_s": round(train_s, 2), "iters_done": result.iters_done,
-                         "stopped_by": result.stopped_by,
+                         "stopped_by": result.stopped_by, "learning_rate": spec.learning_rate,
                          "num_layers_effective": result.num_layers_effective}.items():
                 trial.set_user_attr(k, v)
             if early is not None and early.vetoed(result):

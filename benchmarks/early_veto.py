@@ -60,7 +60,7 @@ def run_nights(root: Path, window_s: float, budget_s: float, base: Path, val_eve
     for arm in ("on", "off"):
         wd = nu.setup(root / arm, "ours", window_s, budget_s, "none", base)
         edit_toml(wd, {"val_every = 25\n": f"val_every = {val_every}\n",
-                       "iters_scale = 0.15\n": f"iters_scale = {iters_scale:g}\n",
+                       "iters_scale = 0.5\n": f"iters_scale = {iters_scale:g}\n",
                        "enabled = true\nevery = 1 ": f"enabled = {str(arm == 'on').lower()}\nevery = {check_every} "})
         f = nu.run_policy("ours", wd, window_s)
         study = night_study(wd)

@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 from common.errors import ConfigError  # noqa: E402
 from study.gate import GateConfig, judge  # noqa: E402
 
-BENCH_VERSION = "false-promotion-1"
+BENCH_VERSION = "false-promotion-2"   # 2: choices scored by summed log-probs (evaluation/scorers.py)
 MARGIN, REQUIRE_P, CATEGORY_FLOOR = 0.02, 0.95, 0.05
 NO_VETOES = dict(jailbreak_floor=0.0, regression_cap=1.0)
 # The demo's warm-start config #2 (search_space.yaml: LEARNING_RATE 1e-4, NUM_LAYERS 48, the

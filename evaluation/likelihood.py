@@ -1,8 +1,8 @@
 """Log-likelihood of candidate replies: the `choice` scorer's input.
 
 Each choice is rendered as the assistant's reply by the chat template (as mlx-lm's
-mask_prompt training renders it) and scored by the mean log-prob of its tokens, the
-prompt masked. The prompt is shared by every choice of a case, so it is run once per
+mask_prompt training renders it) and scored by the summed log-prob of its tokens (the
+log-probability of the whole reply), the prompt masked. The prompt is shared by every choice of a case, so it is run once per
 case and its KV cache is copied to the choices (`shared_prefix_logprobs`, about half the
 tokens of running every full sequence); `full_logprobs` is the plain version, kept as
 the fallback for caches that cannot be merged and as the reference in tests.
@@ -94,14 +94,14 @@ def batches(sets: list[ChoiceSet], max_seqs: int, vocab: int) -> Iterator[list[C
         yield group
 
 
-def _masked_mean(logits: mx.array, targets: mx.array, lo: list[int], hi: list[int]) -> mx.array:
-    """Mean over positions [lo, hi) of log p(targets) under logits; rows are sequences."""
+def _masked_sum(logits: mx.array, targets: mx.array, lo: list[int], hi: list[int]) -> mx.array:
+    """Sum over positions [lo, hi) of log p(targets) under logits; rows are sequences."""
     logits = logits.astype(mx.float32)
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
     lp = picked - mx.logsumexp(logits, axis=-1)
     pos = mx.arange(targets.shape[1])[None, :]
     mask = ((pos >= mx.array(lo)[:, None]) & (pos < mx.array(hi)[:, None])).astype(mx.float32)
-    return (lp * mask).sum(axis=1) / mask.sum(axis=1)
+    return (lp * mask).sum(axis=1)
 
 
 def full_logprobs(model: Any, sets: list[ChoiceSet], pad_id: int = 0) -> list[list[float]]:
@@ -112,9 +112,9 @@ def full_logprobs(model: Any, sets: list[ChoiceSet], pad_id: int = 0) -> list[li
     tokens = mx.array([ids + [pad_id] * (width - len(ids)) for ids, _ in seqs])
     logits = model(tokens[:, :-1])
     # position p predicts token p+1: scored tokens [start, len) are positions [start-1, len-1)
-    means = _masked_mean(logits, tokens[:, 1:], [st - 1 for _, st in seqs], [len(ids) - 1 for ids, _ in seqs])
-    mx.eval(means)
-    return _regroup(sets, means.tolist())
+    sums = _masked_sum(logits, tokens[:, 1:], [st - 1 for _, st in seqs], [len(ids) - 1 for ids, _ in seqs])
+    mx.eval(sums)
+    return _regroup(sets, sums.tolist())
 
 
 def _batch_cache(model: Any, n: int) -> list[Any]:
@@ -151,9 +151,9 @@ def shared_prefix_logprobs(model: Any, sets: list[ChoiceSet], pad_id: int = 0) -
     logits = model(tails, cache=cache)
     # tail token 0 is predicted by the prefix's last position, token p by tail position p-1
     pred = mx.concatenate([lasts[rows][:, None, :].astype(logits.dtype), logits[:, :-1, :]], axis=1)
-    means = _masked_mean(pred, tails, [st for _, _, st in per_seq], [len(t) for _, t, _ in per_seq])
-    mx.eval(means)
-    return _regroup(sets, means.tolist())
+    sums = _masked_sum(pred, tails, [st for _, _, st in per_seq], [len(t) for _, t, _ in per_seq])
+    mx.eval(sums)
+    return _regroup(sets, sums.tolist())
 
 
 def _regroup(sets: list[ChoiceSet], flat: list[float]) -> list[list[float]]:

@@ -4,7 +4,8 @@ in-process eval and the LiteLLM benchmark (so their per-case scores are comparab
 A record is a scored row {id, agent, category, split, score, label, latency_ms, output,
 explanation, method, tokens} or a skip {id, agent, category, split, skipped: why}.
 `method` says how the score was made:
-  loglik          choice case, softmax over the choices' mean token log-probs (graded)
+  loglik          choice case, softmax over the choices' summed log-probs (graded: the
+                  model's probability of each whole reply, renormalised over the choices)
   generate-match  choice case, the generated reply matched to the nearest choice (0/1);
                   what an API model gets, as chat APIs return no prompt log-probs
   generate        contains / tool_call / refusal scorers on the generated reply

@@ -138,6 +138,9 @@ class TrainSettings(_Strict):
     val_batches: int = Field(4, ge=1)
     mask_prompt: bool = True
     iters_scale: float = Field(1.0, gt=0, le=1)
+    # LEARNING_RATE is multiplied by this when training: the ranges are set for the owner's
+    # 9B; a model a hundred times smaller needs a larger LoRA step (the demo's tiny model).
+    lr_scale: float = Field(1.0, gt=0, le=100)
 
 
 class EvalSettings(_Strict):
@@ -259,6 +262,7 @@ class DemoModelSettings(_Strict):
     budget_s: float | None = Field(None, gt=0)
     eval_s: float | None = Field(None, gt=0)
     iters_scale: float | None = Field(None, gt=0, le=1)
+    lr_scale: float | None = Field(None, gt=0, le=100)
     window_min: float | None = Field(None, gt=0)
 
 
@@ -272,7 +276,8 @@ class DemoSettings(_Strict):
     mode: Literal["proxy", "full"] = "proxy"
     budget_s: float = Field(60, gt=0)
     eval_s: float = Field(40, gt=0)
-    iters_scale: float = Field(0.15, gt=0, le=1)
+    iters_scale: float = Field(0.5, gt=0, le=1)
+    lr_scale: float = Field(10.0, gt=0, le=100)
     vault_root: str = "demo-vault"
     window_min: float = Field(60, gt=0)   # the demo's night ends this long after it starts
     models: dict[Literal["demo", "smollm2"], DemoModelSettings] = {}   # [demo.models.<model>]
@@ -318,7 +323,7 @@ class Settings(_Strict):
         for m in (s.modes.proxy, s.modes.full):
             m.model, m.budget_s, m.eval_s = d.model, d.budget_s, d.eval_s
         s.modes.full.host, s.modes.full.eval_on = "", "local"  # the demo never leaves this machine
-        s.train.iters_scale = d.iters_scale
+        s.train.iters_scale, s.train.lr_scale = d.iters_scale, d.lr_scale
         root = Path(d.root)
         if s.study.storage.startswith("sqlite:///"):
             # A database server (several workers) keeps the demo's study apart by its name.

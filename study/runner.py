@@ -300,7 +300,7 @@ class NightRunner:
                 baseline=baselines.current, on_verdict=on_verdict, gate=gate_cfg,
                 train_defaults=dict(batch_size=s.train.batch_size, val_every=s.train.val_every,
                                     val_batches=s.train.val_batches, mask_prompt=s.train.mask_prompt),
-                iters_scale=s.train.iters_scale, eval_max_tokens=s.eval.max_tokens, eval_seed=s.eval.seed,
+                iters_scale=s.train.iters_scale, lr_scale=s.train.lr_scale, eval_max_tokens=s.eval.max_tokens, eval_seed=s.eval.seed,
                 prune=s.study.prune, pause_serving=self.night_serving.paused, progress=p.progress,
                 log=log, on_finish=on_finish,
                 run_training=(RemoteTrainer(Node.from_settings(ms, s.root)) if p.mode.mode == "full"

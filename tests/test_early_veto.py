@@ -202,19 +202,26 @@ def test_a_persona_destroying_learning_rate_is_vetoed_at_a_checkpoint(demo_asset
 
 
 @pytest.mark.slow
-def test_a_trial_that_clears_the_floor_is_not_stopped(demo_assets, data_dir, tmp_path):
-    from evaluation import EvalConfig, run_eval
+def test_a_trial_whose_upper_bound_stays_above_the_floor_is_not_stopped(demo_assets, data_dir, tmp_path):
+    """The veto needs evidence: a checked mean below the floor is not enough while the
+    upper bound is above it. The floor is put between the checks' highest mean and lowest
+    upper bound (a veto on the mean would fire there); the trial runs to its end."""
     model = Path(demo_assets.model_dir)
-    # What this config scores at its end, measured first; the floor is set just below it.
+    # What this config's checkpoints score, measured first (floor 0: the veto cannot fire).
     probe = run_one(trial_context(tmp_path / "probe", model, data_dir, 0.0, lr=1e-4, iters=8, verdicts=[]))
-    end = json.loads(Path(probe.user_attrs["eval_results"]).read_text())["per_category"]["jailbreak"]
-    floor = round(end - 0.02, 3)
+    checks = [c["jailbreak"] for c in probe.user_attrs["checks"]]
+    n_checked, n_all = checks[0]["n"], 35
+    top_mean, low_upper = max(c["mean"] for c in checks), min(c["upper"] for c in checks)
+    assert low_upper - top_mean > 0.02, checks          # room for a floor between them
+    check_floor = (top_mean + low_upper) / 2
+    floor = round((check_floor * n_checked + (n_all - n_checked)) / n_all, 4)   # the gate floor giving it
     verdicts: list = []
     t = run_one(trial_context(tmp_path / "run", model, data_dir, floor, lr=1e-4, iters=8, verdicts=verdicts))
     ua = t.user_attrs
     assert ua["stopped_by"] == "iters" and "early_veto" not in ua and len(ua["checks"]) == 4
-    assert all(c["jailbreak"]["floor"] == pytest.approx((floor * 35 - 7) / 28, abs=1e-4) for c in ua["checks"])
-    assert ua["per_category"]["jailbreak"] >= floor and verdicts[0].result == "kept"
+    assert all(c["jailbreak"]["floor"] == pytest.approx(check_floor, abs=1e-3) for c in ua["checks"])
+    assert all(c["jailbreak"]["mean"] < c["jailbreak"]["floor"] < c["jailbreak"]["upper"] for c in ua["checks"])
+    assert "eval_results" in ua and len(verdicts) == 1    # evaluated and judged at its end
 
 
 @pytest.mark.slow

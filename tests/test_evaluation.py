@@ -319,8 +319,10 @@ def test_adapter_eval_on_a_loaded_training_model(demo_assets, tmp_path, full_eva
     assert [c["score"] for c in first["cases"]] == pytest.approx([c["score"] for c in second["cases"]], abs=1e-6)
     assert {c["category"] for c in first["cases"]} == {"jailbreak"} and first["n_cases"] == 7
     assert first["repro"]["adapter"]["sha256"] == sha256_dir(adapter, "*.safetensors")
-    base = {c["id"]: c["score"] for c in full_eval["cases"]}
-    assert any(abs(c["score"] - base[c["id"]]) > 1e-3 for c in first["cases"])  # the adapter was applied
+    # the adapter was applied: the choices' log-probs (in the explanation) moved; the scores
+    # of a sure base model may sit at 0 or 1 whatever a random adapter does
+    base = {c["id"]: c["explanation"] for c in full_eval["cases"]}
+    assert any(c["explanation"] != base[c["id"]] for c in first["cases"])
 
 
 def test_cli_writes_verified_results(demo_assets, tmp_path, capsys):

@@ -38,7 +38,7 @@ def night(tmp_path_factory, demo_assets):
                       pretrain_s=float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20")),
                       # 16 iterations at GRAD_ACCUM 4: 4 optimizer updates, seeded, so each run of
                       # this module trains (and scores) the same adapters.
-                      overrides={"budget_s = 60\n": "budget_s = 4\n", "iters_scale = 0.15": "iters_scale = 0.02",
+                      overrides={"budget_s = 180\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.02",
                                  # council-mlx as a real mlx_lm server the night stops and starts
                                  'backend = "none"': 'backend = "managed"', "port = 8765": f"port = {free_port()}",
                                  # a permissive gate, so that this night promotes and serves an adapter
@@ -97,6 +97,10 @@ def test_two_trial_night_creates_everything(night):
     # The first trial of a new study is the baseline config from search_space.yaml.
     base = {k: v["baseline"] for k, v in yaml.safe_load((wd / "search_space.yaml").read_text())["parameters"].items()}
     assert json.loads(df["config"][0]) == pytest.approx(base)
+    # the demo trains at LEARNING_RATE x [demo] lr_scale; the searched value is what results.tsv keeps
+    study = optuna.load_study(study_name="council-proxy-demo", storage=f"sqlite:///{wd / 'autoresearch.db'}")
+    for t in study.trials:
+        assert t.user_attrs["learning_rate"] == pytest.approx(t.params["LEARNING_RATE"] * 10)
     for exp_id in df["experiment_id"]:
         ev = json.loads((wd / "adapters-experimental" / exp_id / "eval_results.json").read_text())
         assert len(ev["per_agent"]) == 7 and len(ev["per_category"]) == 5

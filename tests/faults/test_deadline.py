@@ -53,7 +53,7 @@ def test_deadline_stops_the_night_and_serving_is_up_before_it(fault_workdir):
     port = free_port()
     # iters_scale 1: 800 iterations cannot finish in 4 s, so the budget is what stops training.
     wd = fault_workdir(budget_s=BUDGET_S, overrides={**managed_serving(port), "eval_s = 40": f"eval_s = {EVAL_S}",
-                                                     "iters_scale = 0.15": "iters_scale = 1.0"})
+                                                     "iters_scale = 0.5": "iters_scale = 1.0"})
     per_trial = BUDGET_S + EVAL_S + TRIAL_OVERHEAD_S
     deadline = deadline_after(per_trial + 45)     # room for a trial after a start-up of up to 45 s
     try:   # more trials allowed than can fit: the deadline, not the cap, ends this night
