@@ -118,7 +118,7 @@ def base_eval(cache: Path) -> Path:
 
 
 def setup(wd: Path, policy: str, window_s: float, budget_s: float, serving: str, base: Path) -> Path:
-    replace = {"budget_s = 180\n": f"budget_s = {budget_s:g}\n",
+    replace = {"budget_s = 240\n": f"budget_s = {budget_s:g}\n",
                "window_min = 60 ": f"window_min = {window_s / 60:g} "}
     if policy == "user":
         replace["prune = true"] = "prune = false"

@@ -70,7 +70,7 @@ def children() -> tuple[int, int]:
 def make_workdir(wd: Path, port: int) -> Path:
     """The project's configuration with tiny budgets, the managed server and the shared demo cache."""
     return demo_night.make_workdir(wd, {
-        "budget_s = 180\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.02",
+        "budget_s = 240\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.02",
         'backend = "none"': 'backend = "managed"', "port = 8765": f"port = {port}"})
 
 

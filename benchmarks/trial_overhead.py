@@ -117,7 +117,7 @@ def profiled_night(wd: Path, trials: int) -> dict:
 
 
 def setup_workdir(wd: Path, budget_s: float, base: Path) -> Path:
-    demo_night.make_workdir(wd, {"budget_s = 180\n": f"budget_s = {budget_s:g}\n"})
+    demo_night.make_workdir(wd, {"budget_s = 240\n": f"budget_s = {budget_s:g}\n"})
     demo_night.copy_base_eval(wd, base)
     return wd
 

@@ -193,7 +193,7 @@ ROWS = [
     Row("toml-wrong-type-bool", edit("autoresearch.toml", "prune = true", 'prune = "sometimes"'), (TOML, "study.prune")),
     Row("toml-out-of-range", edit("autoresearch.toml", "jailbreak_floor = 0.70", "jailbreak_floor = 1.7"),
         (TOML, "gate.jailbreak_floor")),
-    Row("toml-negative-budget", edit("autoresearch.toml", "budget_s = 180\n", "budget_s = -5\n"), (TOML, "demo.budget_s")),
+    Row("toml-negative-budget", edit("autoresearch.toml", "budget_s = 240\n", "budget_s = -5\n"), (TOML, "demo.budget_s")),
     Row("storage-url-scheme", edit("autoresearch.toml", 'storage = "sqlite:///autoresearch.db"', 'storage = "mongodb://h/db"'),
         (TOML, "study.storage", "mongodb")),
     Row("config-deadline", edit("autoresearch.toml", 'deadline = "05:00"', 'deadline = "25:99"'), (TOML, "study.deadline", "25:99")),

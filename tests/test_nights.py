@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = "council-proxy-demo"
 EXIT_CAP_REACHED = 6
 # train_core refuses fewer iterations than one optimizer update needs.
-FAST = {"budget_s = 180\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.04"}
+FAST = {"budget_s = 240\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.04"}
 
 
 def at(hhmm: str, day: int = 4) -> datetime:

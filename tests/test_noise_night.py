@@ -25,7 +25,7 @@ def night(tmp_path_factory, demo_assets):
     wd = make_workdir(tmp_path_factory.mktemp("noise") / "night",
                       pretrain_s=float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20")),
                       # seconds of training: what is measured here is what the verdicts record
-                      overrides={"budget_s = 180\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.02",
+                      overrides={"budget_s = 240\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.02",
                                  # vetoes and the early veto off, so every trial reaches a full verdict
                                  "jailbreak_floor = 0.70": "jailbreak_floor = 0.0", "enabled = true\n": "enabled = false\n"})
     link_demo_cache(wd, demo_assets)

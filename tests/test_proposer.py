@@ -308,7 +308,7 @@ def test_a_demo_night_runs_the_proposal_and_writes_no_key(tmp_path, demo_assets,
 
     from night_fixtures import link_demo_cache, make_workdir
     wd = make_workdir(tmp_path / "night", pretrain_s=float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20")),
-                      overrides={"budget_s = 180\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.02"})
+                      overrides={"budget_s = 240\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.02"})
     link_demo_cache(wd, demo_assets)
     (wd / "program.md").write_text((ROOT / "program.md").read_text())
     space = (wd / "search_space.yaml").read_text()

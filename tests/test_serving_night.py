@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 # ITERS 800 x 0.02 = 16 iterations, 8 optimizer updates: the iteration cap ends training, the
 # wall-clock budget only guards it (on 2 loaded cores a first iteration took 24 s).
-FAST = {"budget_s = 180\n": "budget_s = 240\n", "iters_scale = 0.5": "iters_scale = 0.02",
+FAST = {"budget_s = 240\n": "budget_s = 240\n", "iters_scale = 0.5": "iters_scale = 0.02",
         # a gate that keeps the first trial
         "margin = 0.02 ": "margin = 0.0 ", "jailbreak_floor = 0.70": "jailbreak_floor = 0.0",
         "regression_cap = 0.10": "regression_cap = 1.0", **NO_NOISE_BAR}

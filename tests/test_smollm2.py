@@ -174,7 +174,7 @@ def test_demo_model_overlay(tmp_path):
     s = load_settings(REPO / "autoresearch.toml", demo=True, demo_model="smollm2")
     assert (s.modes.proxy.model, s.modes.proxy.budget_s, s.train.iters_scale, s.train.lr_scale) == ("smollm2", 300, 0.05, 1)
     tiny = load_settings(REPO / "autoresearch.toml", demo=True)
-    assert (tiny.modes.proxy.model, tiny.modes.proxy.budget_s, tiny.train.iters_scale, tiny.train.lr_scale) == ("demo", 180, 0.5, 10)
+    assert (tiny.modes.proxy.model, tiny.modes.proxy.budget_s, tiny.train.iters_scale, tiny.train.lr_scale) == ("demo", 240, 0.5, 10)
     real = load_settings(REPO / "autoresearch.toml")   # the owner's night trains at the searched lr
     assert real.train.lr_scale == 1 and real.train.iters_scale == 1
     bad = tmp_path / "autoresearch.toml"

@@ -38,7 +38,7 @@ def night(tmp_path_factory, demo_assets):
                       pretrain_s=float(os.environ.get("AUTORESEARCH_TEST_PRETRAIN_S", "20")),
                       # 16 iterations at GRAD_ACCUM 4: 4 optimizer updates, seeded, so each run of
                       # this module trains (and scores) the same adapters.
-                      overrides={"budget_s = 180\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.02",
+                      overrides={"budget_s = 240\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.02",
                                  # council-mlx as a real mlx_lm server the night stops and starts
                                  'backend = "none"': 'backend = "managed"', "port = 8765": f"port = {free_port()}",
                                  # a permissive gate, so that this night promotes and serves an adapter

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = "council-proxy-demo"
 # iters_scale 0.04, not 0.02: the sampler's trials may draw ITERS 200 with GRAD_ACCUM 8, and
 # train_core refuses fewer iterations than one optimizer update needs.
-FAST = {"budget_s = 180\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.04"}
+FAST = {"budget_s = 240\n": "budget_s = 4\n", "iters_scale = 0.5": "iters_scale = 0.04"}
 
 pytestmark = pytest.mark.slow
 

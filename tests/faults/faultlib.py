@@ -173,7 +173,7 @@ def make_fault_workdir(path: Path, demo_assets, base_eval: Path, *, budget_s: fl
     from evaluation.results import model_sha256
 
     wd = make_workdir(path, pretrain_s=PRETRAIN_S,
-                      overrides={"budget_s = 180\n": f"budget_s = {budget_s:g}\n",
+                      overrides={"budget_s = 240\n": f"budget_s = {budget_s:g}\n",
                                  "iters_scale = 0.5": "iters_scale = 0.02", **(overrides or {})})
     link_demo_cache(wd, demo_assets)
     dest = wd / "cache" / "baseline" / model_sha256(demo_assets.model_dir)[:16]
