@@ -124,8 +124,16 @@ def parse_experiment_id(exp_id: str) -> dict[str, Any] | None:
     return {"date": m["date"], "mode": m["mode"], "study": m["study"], "number": int(m["number"])}
 
 
+def trained_sizes(params: dict[str, Any], iters_scale: float, lr_scale: float) -> tuple[int, float]:
+    """(iterations, learning rate) a trial really trains with: ITERS x iters_scale (at least
+    one optimizer update) and LEARNING_RATE x lr_scale; the demo scales both ([train])."""
+    iters = max(int(params["GRAD_ACCUM"]), int(round(params["ITERS"] * iters_scale)))
+    return iters, float(params["LEARNING_RATE"]) * lr_scale
+
+
 def train_spec(params: dict[str, Any], ctx: TrialContext, data_dir: Path, adapter_dir: Path,
                budget_s: float | None = None) -> train_core.TrainSpec:
+    iters, lr = trained_sizes(params, ctx.iters_scale, ctx.lr_scale)
     return train_core.TrainSpec(
         model=str(ctx.model_dir),
         data_dir=str(data_dir),
@@ -134,9 +142,8 @@ def train_spec(params: dict[str, Any], ctx: TrialContext, data_dir: Path, adapte
         lora_rank=int(params["LORA_RANK"]),
         lora_alpha=float(params["LORA_ALPHA"]),
         dropout=float(params["DROPOUT"]),
-        learning_rate=float(params["LEARNING_RATE"]) * ctx.lr_scale,
-        # A scaled-down ITERS (the demo) must still allow one optimizer update.
-        iters=max(int(params["GRAD_ACCUM"]), int(round(params["ITERS"] * ctx.iters_scale))),
+        learning_rate=lr,
+        iters=iters,
         grad_accum=int(params["GRAD_ACCUM"]),
         max_seq_length=int(params["MAX_SEQ_LENGTH"]),
         budget_s=float(ctx.budget_s() if budget_s is None else budget_s),

@@ -20,7 +20,7 @@ from common.atomic import sweep_temp_files
 from common.errors import ConfigError
 import train_core
 from evaluation import EvalConfig, read_eval_results, write_eval_results
-from objective import TrialContext, TrialFailed, objective, record_comparison
+from objective import TrialContext, TrialFailed, objective, record_comparison, trained_sizes
 from study.deadline import seconds_left, training_budget, trial_fits
 from study.gate import GateConfig, Verdict
 from study.guard import NightAborted
@@ -254,6 +254,10 @@ class NightRunner:
                 params = p.space.suggest(trial, p.mode.mode)
                 self.console.rule(f"trial {trial.number}  ({len(self.tonight)}/{p.max_trials} tonight)")
                 self.console.print("  " + "  ".join(f"{k}={v:g}" for k, v in params.items()))
+                if (s.train.iters_scale, s.train.lr_scale) != (1, 1):   # the demo's sizes: what really trains
+                    iters, lr = trained_sizes(params, s.train.iters_scale, s.train.lr_scale)
+                    self.console.print(f"  trains {iters} steps (ITERS x {s.train.iters_scale:g}) "
+                                       f"at lr {lr:g} (LEARNING_RATE x {s.train.lr_scale:g})")
                 return params
 
             # Tonight's candidates are judged against one baseline (looks), and the noise bar

@@ -101,6 +101,7 @@ def test_two_trial_night_creates_everything(night):
     study = optuna.load_study(study_name="council-proxy-demo", storage=f"sqlite:///{wd / 'autoresearch.db'}")
     for t in study.trials:
         assert t.user_attrs["learning_rate"] == pytest.approx(t.params["LEARNING_RATE"] * 10)
+    assert "at lr 5e-05 (LEARNING_RATE x 10)" in out.stdout     # the baseline's 5e-6, as it trains
     for exp_id in df["experiment_id"]:
         ev = json.loads((wd / "adapters-experimental" / exp_id / "eval_results.json").read_text())
         assert len(ev["per_agent"]) == 7 and len(ev["per_category"]) == 5
