@@ -1,9 +1,9 @@
-"""Does SmolLM2 learn the Council's policy within a demo budget? One LoRA run and its eval.
+"""Does a demo model learn the Council's policy within a demo budget? One LoRA run and its eval.
 
-    nice -n 10 .venv/bin/python benchmarks/smollm2_policy.py --lr 2e-4 --iters 120 --grad-accum 1 \
-        --layers 8 --rank 16 [--categories jailbreak,isolation] --out /tmp/smol-run
+    nice -n 10 .venv/bin/python benchmarks/policy_run.py [--model smollm2|demo] --lr 2e-4 --iters 120 \
+        --grad-accum 1 --layers 8 --rank 16 [--categories jailbreak,isolation] --out /tmp/smol-run
 
-The SmolLM2 demo build (python -m demo --model smollm2, cached), its natural sessions
+The demo build (python -m demo --model smollm2 or the tiny one, cached), its sessions
 prepared by corpus.prepare (mix 0.5), train_core.train, then the eval the night runs (all
 categories unless --categories). Prints train and eval seconds and the scores; the
 adapter's eval_results.json is written beside it, for study.gate.judge against the base
@@ -27,6 +27,8 @@ FAST_BLAS = enable()   # before mlx's first import
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=("smollm2", "demo"), default="smollm2")
+    ap.add_argument("--pretrain-s", type=float, default=100.0, help="the tiny demo's pre-training (autoresearch.toml's)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--grad-accum", type=int, default=4)
@@ -38,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import corpus
     import train_core
-    from demo.smollm2 import ensure_smollm2
+    from demo import ensure_model
     from evaluation import EvalConfig, run_eval, write_eval_results
 
     council = ROOT / "council.yaml"
-    assets = ensure_smollm2(ROOT / ".cache", council)
+    assets = ensure_model(a.model, ROOT / ".cache", council, pretrain_seconds=a.pretrain_s, progress=False)
     data = corpus.prepare(assets.sessions_dir, council, a.out / "data", mix_ratio=0.5)
     t0 = time.perf_counter()
     res = train_core.train(train_core.TrainSpec(
