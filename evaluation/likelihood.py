@@ -2,10 +2,11 @@
 
 Each choice is rendered as the assistant's reply by the chat template (as mlx-lm's
 mask_prompt training renders it) and scored by the summed log-prob of its tokens (the
-log-probability of the whole reply), the prompt masked. The prompt is shared by every choice of a case, so it is run once per
-case and its KV cache is copied to the choices (`shared_prefix_logprobs`, about half the
-tokens of running every full sequence); `full_logprobs` is the plain version, kept as
-the fallback for caches that cannot be merged and as the reference in tests.
+log-probability of the whole reply), the prompt masked. The prompt is shared by every
+choice of a case, so it is run once per case and its KV cache is copied to the choices
+(`shared_prefix_logprobs`, about half the tokens of running every full sequence);
+`full_logprobs` is the plain version, kept as the fallback for caches that cannot be
+merged and as the reference in tests.
 """
 from __future__ import annotations
 

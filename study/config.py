@@ -274,7 +274,7 @@ class DemoSettings(_Strict):
     pretrain_s: float = Field(100, gt=0)
     model: Literal["demo", "smollm2"] = "demo"   # the tiny model built here, or SmolLM2 (demo/)
     mode: Literal["proxy", "full"] = "proxy"
-    budget_s: float = Field(60, gt=0)
+    budget_s: float = Field(240, gt=0)
     eval_s: float = Field(40, gt=0)
     iters_scale: float = Field(0.5, gt=0, le=1)
     lr_scale: float = Field(10.0, gt=0, le=100)
